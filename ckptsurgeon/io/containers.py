@@ -1,0 +1,161 @@
+"""Finding the state dict inside whatever a checkpoint file unpickled to.
+
+A file may hold a plain state dict, a dict of containers (``{'model': sd, 'ema': sd, 'optimizer': ...}``),
+a whole pickled ``nn.Module`` (real or an inert stand-in), or a mix. Candidates are listed by dotted path
+and chosen by a documented order; wrapper prefixes (``module.``, ``_orig_mod.``) are stripped only when
+every key carries them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from ..errors import ContainerError
+from .unpickler import Stub, TensorRef
+
+# Chosen first to last; anything else found comes after, in file order.
+PREFERRED_CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net", "network",
+                        "params", "weights", "student", "generator")
+EMA_CONTAINERS = frozenset({"ema", "model_ema", "ema_state_dict", "state_dict_ema", "ema_model",
+                            "ema_params", "shadow"})
+# Never state dicts of the model even when their inner dicts hold tensors.
+SKIPPED_CONTAINERS = frozenset({"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict",
+                                "lr_scheduler", "scheduler", "lr_schedulers", "scaler", "grad_scaler"})
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One state dict found in the file."""
+
+    path: str                     # dotted path from the root; "" is the root itself
+    kind: str                     # "state_dict" or "module"
+    tensors: dict[str, Any]       # name -> TensorRef / ndarray / torch.Tensor, in file order
+
+    @property
+    def is_ema(self) -> bool:
+        return any(part in EMA_CONTAINERS for part in self.path.split("."))
+
+
+def is_tensor_like(value: Any) -> bool:
+    if isinstance(value, TensorRef):
+        return True
+    kind = type(value)
+    return kind.__module__.startswith(("torch", "numpy")) and hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def is_module_like(value: Any) -> bool:
+    state = getattr(value, "__dict__", None)
+    return isinstance(state, dict) and isinstance(state.get("_modules"), Mapping) \
+        and isinstance(state.get("_parameters"), Mapping)
+
+
+def module_state(module: Any) -> dict[str, Any]:
+    """The state dict of a module (real or stand-in) from its ``_parameters``/``_buffers``/``_modules``.
+
+    Follows ``nn.Module.state_dict``: own parameters, then persistent buffers, then children in
+    registration order; ``None`` entries and non-persistent buffers are left out.
+    """
+    if not isinstance(module, Stub) and hasattr(module, "state_dict") and callable(module.state_dict):
+        return dict(module.state_dict())
+    out: dict[str, Any] = {}
+    _collect_module(module, "", out)
+    return out
+
+
+def _collect_module(module: Any, prefix: str, out: dict[str, Any]) -> None:
+    state = module.__dict__
+    for name, value in state.get("_parameters", {}).items():
+        if is_tensor_like(value):
+            out[prefix + name] = value
+    skipped = state.get("_non_persistent_buffers_set") or ()
+    for name, value in state.get("_buffers", {}).items():
+        if is_tensor_like(value) and name not in skipped:
+            out[prefix + name] = value
+    for name, child in state.get("_modules", {}).items():
+        if child is not None and is_module_like(child):
+            _collect_module(child, f"{prefix}{name}.", out)
+
+
+def _as_state_dict(value: Any) -> dict[str, Any] | None:
+    """The tensors of a mapping that is a state dict (str keys, tensors and nothing nested), else None."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    tensors: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, Mapping) or is_module_like(item):
+            return None
+        if is_tensor_like(item):
+            tensors[key] = item
+    return tensors or None
+
+
+def find_candidates(root: Any) -> list[Candidate]:
+    """Every state dict in the unpickled object, in file order."""
+    return list(_walk(root, "", 0))
+
+
+def _walk(value: Any, path: str, depth: int) -> Iterator[Candidate]:
+    if is_module_like(value):
+        tensors = module_state(value)
+        if tensors:
+            yield Candidate(path, "module", tensors)
+        return
+    tensors = _as_state_dict(value)
+    if tensors is not None:
+        yield Candidate(path, "state_dict", tensors)
+        return
+    if isinstance(value, Stub) and "_stub_items" in value.__dict__:
+        value = value.__dict__["_stub_items"]
+    if not isinstance(value, Mapping) or depth >= MAX_DEPTH:
+        return
+    for key, item in value.items():
+        if isinstance(key, str) and key not in SKIPPED_CONTAINERS:
+            yield from _walk(item, f"{path}.{key}" if path else key, depth + 1)
+
+
+def _rank(candidate: Candidate, position: int) -> tuple[int, int, int]:
+    head = candidate.path.split(".")[0]
+    preferred = PREFERRED_CONTAINERS.index(head) if head in PREFERRED_CONTAINERS else len(PREFERRED_CONTAINERS)
+    return (int(candidate.is_ema), preferred if candidate.path else -1, position)
+
+
+def choose_candidate(candidates: list[Candidate], wanted: str | None, source: str) -> tuple[Candidate, str]:
+    """Pick the container to use and say why.
+
+    Order: the root state dict, then ``state_dict``, ``model`` and the other usual names, then the rest
+    in file order; EMA copies only when asked for by name, or when nothing else holds tensors.
+    """
+    if not candidates:
+        raise ContainerError(f"{source}: no tensors found in this file")
+    if wanted is not None:
+        for candidate in candidates:
+            if candidate.path == wanted:
+                return candidate, f"container '{wanted}' chosen with --container"
+        listing = ", ".join(c.path or "<root>" for c in candidates)
+        raise ContainerError(f"{source}: no container '{wanted}'; this file holds: {listing} "
+                             f"(see `ckptsurgeon inspect --containers`)")
+    ranked = sorted(enumerate(candidates), key=lambda pair: _rank(pair[1], pair[0]))
+    best = ranked[0][1]
+    if best.is_ema:
+        return best, f"container '{best.path}' chosen: only EMA weights hold tensors in this file"
+    if len(candidates) == 1:
+        return best, f"container '{best.path or '<root>'}' is the only state dict in the file"
+    others = ", ".join(c.path or "<root>" for c in candidates if c is not best)
+    return best, f"container '{best.path or '<root>'}' chosen before {others} (pick another with --container)"
+
+
+def strip_wrapper_prefixes(tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Drop ``module.`` / ``_orig_mod.`` when every key carries them; never ``model.``."""
+    stripped: list[str] = []
+    changed = True
+    while changed and tensors:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in tensors):
+                tensors = {key[len(prefix):]: value for key, value in tensors.items()}
+                stripped.append(prefix)
+                changed = True
+    return tensors, tuple(stripped)

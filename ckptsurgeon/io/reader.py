@@ -1,0 +1,233 @@
+"""One entry point for every checkpoint format: what is in the file, and its tensors on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from ..errors import CheckpointFormatError, ContainerError
+from ..specs import TensorSpec, spec_of
+from .containers import Candidate, choose_candidate, find_candidates, strip_wrapper_prefixes
+from .records import MappedRecords, RecordStore
+from .safetensors_file import read_safetensors_header
+from .tensors import contiguous_bytes, materialize
+from .torchfile import LEGACY_MAGIC, Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
+from .unpickler import TensorRef
+
+_LEGACY_START = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+SINGLE_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    path: str
+    kind: str
+    tensors: int
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the reader found and decided, for reports."""
+
+    path: str
+    format: str
+    container: str | None = None
+    container_reason: str = ""
+    containers: tuple[ContainerSummary, ...] = ()
+    stripped_prefixes: tuple[str, ...] = ()
+    stubbed_globals: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    shards: tuple[str, ...] = ()
+    trusted: bool = False
+    container_kind: str = "state_dict"   # "module" when tensors came from a pickled nn.Module
+
+
+class Checkpoint(Mapping[str, Any]):
+    """A checkpoint's tensors by name, read lazily; ``specs`` and ``info`` cost no tensor data.
+
+    Indexing returns a torch tensor (a copy-on-write view of the memory-mapped file where the format
+    allows). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, values: dict[str, tuple[Any, RecordStore]], info: CheckpointInfo) -> None:
+        self._values = values
+        self.info = info
+        self.specs: dict[str, TensorSpec] = {name: spec_of(name, value) for name, (value, _) in values.items()}
+
+    def __getitem__(self, name: str) -> Any:
+        value, records = self._values[name]
+        return materialize(value, records)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def is_parameter(self, name: str) -> bool | None:
+        """True/False where the file says (pickled modules), None where it cannot."""
+        value = self._values[name][0]
+        return value.is_parameter if isinstance(value, TensorRef) and self.info.container_kind == "module" else None
+
+    def raw_bytes(self, name: str) -> memoryview | None:
+        """The tensor's bytes straight from the file, when contiguous there (no torch needed)."""
+        value, records = self._values[name]
+        return contiguous_bytes(value, records)
+
+    def close(self) -> None:
+        for records in {id(r): r for _, r in self._values.values()}.values():
+            records.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, trust: bool = False) -> Checkpoint:
+    """Open any supported checkpoint: torch zip or legacy (.pt/.pth/.bin/...), pickle (.pkl),
+    safetensors, or a sharded folder / ``*.index.json``.
+
+    Args:
+        path: the file, or a folder holding one checkpoint or a sharded index.
+        container: which state dict to use when the file holds several (``ema``, ``model``, a dotted path).
+        trust: run the pickle's own code (``torch.load(weights_only=False)``). Only for files you trust.
+    """
+    path = os.fspath(path)
+    kind = detect_format(path)
+    if kind == "sharded":
+        return _open_sharded(path, container, trust)
+    if kind == "safetensors":
+        return _open_safetensors(path, container)
+    return _open_pickled(path, kind, container, trust)
+
+
+def read_specs(path: str | os.PathLike, **options: Any) -> tuple[dict[str, TensorSpec], CheckpointInfo]:
+    """Names, shapes and dtypes only; no tensor data is read."""
+    with open_checkpoint(path, **options) as checkpoint:
+        return dict(checkpoint.specs), checkpoint.info
+
+
+def detect_format(path: str) -> str:
+    """'torch-zip', 'torch-legacy', 'pickle', 'safetensors' or 'sharded', from the bytes, not the name."""
+    if os.path.isdir(path) or path.endswith(".index.json"):
+        return "sharded"
+    if not os.path.exists(path):
+        raise CheckpointFormatError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise CheckpointFormatError(f"{path}: the file is empty")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "torch-zip"
+    if head.startswith(_LEGACY_START):
+        return "torch-legacy"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "safetensors"
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise CheckpointFormatError(f"{path}: a JSON file, not a checkpoint (a sharded index must end in .index.json)")
+    if head[:1] == b"\x80" or head[:1] in b"(]}cK":
+        return "pickle"
+    raise CheckpointFormatError(f"{path}: not a recognised checkpoint (expected a torch zip, legacy torch file, "
+                                f"pickle or safetensors)")
+
+
+def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> Checkpoint:
+    if trust:
+        root, records, stubbed = _trusted_load(path, kind), MappedRecords(path, {}), {}
+    else:
+        reader = {"torch-zip": read_torch_zip, "torch-legacy": read_torch_legacy, "pickle": read_plain_pickle}[kind]
+        unpickled: Unpickled = reader(path)
+        root, records, stubbed = unpickled.root, unpickled.records, unpickled.stubbed
+    candidates = find_candidates(root)
+    if not candidates and stubbed:
+        names = ", ".join(sorted(stubbed))
+        raise CheckpointFormatError(f"{path}: no tensors could be recovered without running the file's code; it "
+                                    f"names {names}. If you trust the file, pass --trust (trust=True)")
+    chosen, reason = choose_candidate(candidates, container, path)
+    tensors, stripped = strip_wrapper_prefixes(chosen.tensors)
+    info = CheckpointInfo(path, kind, chosen.path, reason, _summaries(candidates, chosen), stripped,
+                          tuple(sorted(stubbed)), trusted=trust, container_kind=chosen.kind)
+    return Checkpoint({name: (value, records) for name, value in tensors.items()}, info)
+
+
+def _trusted_load(path: str, kind: str) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        if kind == "pickle":
+            with open(path, "rb") as handle:
+                return pickle.load(handle, encoding="latin1")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the file's own code may raise anything
+        raise CheckpointFormatError(f"{path}: loading with --trust failed ({type(exc).__name__}: {exc})") from exc
+
+
+def _summaries(candidates: list[Candidate], chosen: Candidate) -> tuple[ContainerSummary, ...]:
+    return tuple(ContainerSummary(c.path, c.kind, len(c.tensors), c is chosen) for c in candidates)
+
+
+def _open_safetensors(path: str, container: str | None) -> Checkpoint:
+    if container:
+        raise ContainerError(f"{path}: safetensors files hold one flat state dict; drop --container {container}")
+    parsed = read_safetensors_header(path)
+    tensors, stripped = strip_wrapper_prefixes(dict(parsed.refs))
+    info = CheckpointInfo(path, "safetensors", None, "", (), stripped, (), parsed.metadata)
+    return Checkpoint({name: (ref, parsed.records) for name, ref in tensors.items()}, info)
+
+
+def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
+    index_path = _find_index(path)
+    if index_path is None:
+        return open_checkpoint(_single_file_in(path), container=container, trust=trust)
+    weight_map = _read_weight_map(index_path)
+    folder = os.path.dirname(index_path)
+    values: dict[str, tuple[Any, RecordStore]] = {}
+    shards = list(dict.fromkeys(weight_map.values()))
+    for shard in shards:
+        part = open_checkpoint(os.path.join(folder, shard), container=container, trust=trust)
+        values.update({name: part._values[name] for name in part if weight_map.get(name) == shard})
+    missing = [name for name in weight_map if name not in values]
+    if missing:
+        raise CheckpointFormatError(f"{index_path}: {len(missing)} tensors listed in the index are missing from "
+                                    f"their shards, e.g. '{missing[0]}'")
+    kind = "safetensors-sharded" if shards[0].endswith(".safetensors") else "torch-sharded"
+    info = CheckpointInfo(index_path, kind, shards=tuple(shards), trusted=trust)
+    return Checkpoint(values, info)
+
+
+def _find_index(path: str) -> str | None:
+    if path.endswith(".index.json"):
+        if not os.path.isfile(path):
+            raise CheckpointFormatError(f"{path}: no such file")
+        return path
+    found = sorted(name for name in os.listdir(path) if name.endswith(".index.json"))
+    return os.path.join(path, found[0]) if found else None
+
+
+def _single_file_in(folder: str) -> str:
+    for name in SINGLE_FILE_NAMES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    found = [n for n in sorted(os.listdir(folder)) if n.endswith((".safetensors", ".bin", ".pt", ".pth", ".pkl"))]
+    if len(found) == 1:
+        return os.path.join(folder, found[0])
+    raise CheckpointFormatError(f"{folder}: a folder with no *.index.json and "
+                                f"{'no' if not found else len(found)} checkpoint files; name the file to read")
+
+
+def _read_weight_map(index_path: str) -> dict[str, str]:
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointFormatError(f"{index_path}: not a sharded checkpoint index ({exc})") from exc
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFormatError(f"{index_path}: the index has an empty weight_map")
+    return weight_map

@@ -1,0 +1,103 @@
+"""safetensors files, read and written here without the safetensors package or torch.
+
+Layout: an 8-byte little-endian header length, a JSON header (name -> dtype, shape, data_offsets, plus an
+optional ``__metadata__`` of strings), then the raw bytes. Reading the header gives every spec at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable
+
+from ..errors import CheckpointFormatError
+from ..specs import ELEMENT_SIZE, SAFETENSORS_CODE, SAFETENSORS_DTYPE, TensorSpec
+from .records import MappedRecords, file_size
+from .unpickler import StorageRef, TensorRef
+
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class SafetensorsFile:
+    path: str
+    refs: dict[str, TensorRef]
+    metadata: dict[str, str]
+    records: MappedRecords
+
+
+def read_safetensors_header(path: str) -> SafetensorsFile:
+    """Specs and byte ranges of every tensor, from the header alone."""
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CheckpointFormatError(f"{path}: too short to be a safetensors file")
+        length = struct.unpack("<Q", raw)[0]
+        if length > MAX_HEADER or length + 8 > file_size(path):
+            raise CheckpointFormatError(f"{path}: safetensors header length {length} is past the end of the file; "
+                                        f"the file is truncated or not safetensors")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointFormatError(f"{path}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    refs, spans = _parse_entries(header, 8 + length, path)
+    return SafetensorsFile(path, refs, dict(metadata), MappedRecords(path, spans))
+
+
+def _parse_entries(header: dict, data_start: int, path: str) -> tuple[dict[str, TensorRef], dict[str, tuple[int, int]]]:
+    refs: dict[str, TensorRef] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    for name, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPE[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointFormatError(f"{path}: bad safetensors entry for '{name}' ({exc})") from exc
+        numel = math.prod(shape)
+        if end - begin != numel * ELEMENT_SIZE[dtype]:
+            raise CheckpointFormatError(f"{path}: '{name}' has {end - begin} bytes, shape {shape} needs "
+                                        f"{numel * ELEMENT_SIZE[dtype]}")
+        spans[name] = (data_start + begin, end - begin)
+        refs[name] = TensorRef(StorageRef(name, dtype, numel), 0, shape, contiguous_strides(shape), dtype)
+    return refs, spans
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+def build_header(specs: Iterable[TensorSpec], metadata: dict[str, str] | None) -> bytes:
+    """The padded header for tensors written in the given order."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for spec in specs:
+        if spec.dtype not in SAFETENSORS_CODE:
+            raise CheckpointFormatError(f"'{spec.name}': dtype {spec.dtype} cannot be stored in safetensors")
+        header[spec.name] = {"dtype": SAFETENSORS_CODE[spec.dtype], "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write_safetensors_stream(handle: BinaryIO, specs: list[TensorSpec], chunks: Iterable[memoryview | bytes],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Write the header, then each tensor's bytes as they come, in ``specs`` order."""
+    handle.write(build_header(specs, metadata))
+    for spec, chunk in zip(specs, chunks, strict=True):
+        if len(chunk) != spec.nbytes:
+            raise CheckpointFormatError(f"'{spec.name}': got {len(chunk)} bytes, expected {spec.nbytes}")
+        handle.write(chunk)

@@ -1,0 +1,49 @@
+"""Building a live model from ``module.path:callable`` with JSON keyword arguments."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+from .errors import ModelBuildError
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelBuildError(f"--model-kwargs is not valid JSON ({exc}); e.g. --model-kwargs '{{\"num_classes\": 20}}'") from exc
+    if not isinstance(kwargs, dict):
+        raise ModelBuildError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 20}'")
+    return kwargs
+
+
+def build_model(spec: str, kwargs: dict[str, Any] | None = None, *, search_path: str | None = None) -> Any:
+    """Import ``module.path:callable`` (optionally from ``search_path``) and call it with ``kwargs``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelBuildError(f"--model {spec!r}: expected module.path:callable, e.g. mypkg.models:build_yolo")
+    if search_path and search_path not in sys.path:
+        sys.path.insert(0, search_path)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is bad input here
+        raise ModelBuildError(f"--model {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+                              f"add its folder with --model-path") from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelBuildError(f"--model {spec!r}: {module_name} has no attribute {attr!r}")
+        target = getattr(target, part)
+    try:
+        model = target(**(kwargs or {}))
+    except Exception as exc:
+        raise ModelBuildError(f"--model {spec!r}: building it failed ({type(exc).__name__}: {exc}); "
+                              f"check --model-kwargs") from exc
+    if not hasattr(model, "state_dict"):
+        raise ModelBuildError(f"--model {spec!r}: returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -1,0 +1,128 @@
+"""Rendering an :class:`~ckptsurgeon.inspect.Inspection` as a table, a module tree or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .inspect import Inspection
+from .specs import format_shape
+from .tree import ModuleNode, build_tree
+
+INSPECT_SCHEMA = "ckptsurgeon.inspect/1"
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def source_lines(inspection: Inspection) -> list[str]:
+    info = inspection.info
+    if info is None:
+        return [f"model: {inspection.source}"]
+    lines = [f"file: {info.path}", f"format: {info.format}"]
+    if info.container is not None:
+        lines.append(f"container: {info.container or '<root>'} ({info.container_kind}); {info.container_reason}")
+    if info.stripped_prefixes:
+        lines.append(f"prefixes stripped: {', '.join(info.stripped_prefixes)}")
+    if info.stubbed_globals:
+        lines.append(f"stood in for (not run): {', '.join(info.stubbed_globals)}")
+    if info.shards:
+        lines.append(f"shards: {len(info.shards)}")
+    if info.trusted:
+        lines.append("loaded with --trust: the file's own code ran")
+    return lines
+
+
+def render_table(inspection: Inspection) -> str:
+    rows = [(r.spec.name, format_shape(r.spec.shape), r.spec.dtype, f"{r.spec.numel:,}",
+             "" if r.requires_grad is None else ("grad" if r.requires_grad else "frozen")) for r in inspection.rows]
+    header = ("key", "shape", "dtype", "numel", "requires_grad" if any(r[4] for r in rows) else "")
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    out = source_lines(inspection) + [""]
+    out.append(_line(header, widths))
+    out.append(_line(tuple("-" * w for w in widths), widths))
+    out += [_line(row, widths) for row in rows]
+    out += [""] + totals_lines(inspection) + warning_lines(inspection)
+    return "\n".join(out)
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    parts = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1]), cells[2].ljust(widths[2]),
+             cells[3].rjust(widths[3]), cells[4]]
+    return "  ".join(parts).rstrip()
+
+
+def totals_lines(inspection: Inspection) -> list[str]:
+    shown = len(inspection.rows)
+    count = f"{shown} of {inspection.total_tensors}" if inspection.pattern else str(shown)
+    by_dtype = ", ".join(f"{dtype} {human_bytes(n)}" for dtype, n in inspection.bytes_by_dtype().items())
+    return [f"tensors: {count}   parameters: {inspection.parameters:,} ({human_count(inspection.parameters)})   "
+            f"elements: {inspection.numel:,}   size: {human_bytes(inspection.nbytes)} ({by_dtype or 'none'})"]
+
+
+def warning_lines(inspection: Inspection) -> list[str]:
+    return [f"warning: {text}" for text in inspection.warnings]
+
+
+def render_containers(inspection: Inspection) -> str:
+    info = inspection.info
+    if info is None or not info.containers:
+        return f"{inspection.source}: one flat state dict ({inspection.total_tensors} tensors), no containers"
+    lines = [f"{'container':<24} {'kind':<10} {'tensors':>8}"]
+    for c in info.containers:
+        mark = "  <- used" if c.chosen else ""
+        lines.append(f"{(c.path or '<root>'):<24} {c.kind:<10} {c.tensors:>8}{mark}")
+    return "\n".join(lines + [info.container_reason])
+
+
+def render_tree(inspection: Inspection, depth: int | None = None) -> str:
+    root = build_tree(row.spec for row in inspection.rows)
+    lines = source_lines(inspection) + ["", f"<root>  {human_count(root.numel)} params  {root.tensors} tensors"]
+    _tree_lines(root, 1, depth, lines)
+    return "\n".join(lines + [""] + totals_lines(inspection) + warning_lines(inspection))
+
+
+def _tree_lines(node: ModuleNode, level: int, depth: int | None, out: list[str]) -> None:
+    if depth is not None and level > depth:
+        return
+    for child in node.children.values():
+        out.append(f"{'  ' * level}{child.name}  {human_count(child.numel)} params  {child.tensors} tensors")
+        _tree_lines(child, level + 1, depth, out)
+
+
+def inspection_to_json(inspection: Inspection) -> dict[str, Any]:
+    """The documented machine form (schema ``ckptsurgeon.inspect/1``, see README)."""
+    info = inspection.info
+    return {
+        "schema": INSPECT_SCHEMA,
+        "tool_version": __version__,
+        "source": inspection.source,
+        "format": info.format if info else "model",
+        "container": info.container if info else None,
+        "container_kind": info.container_kind if info else "module",
+        "container_reason": info.container_reason if info else "",
+        "containers": [{"path": c.path, "kind": c.kind, "tensors": c.tensors, "chosen": c.chosen}
+                       for c in (info.containers if info else ())],
+        "stripped_prefixes": list(info.stripped_prefixes) if info else [],
+        "stubbed_globals": list(info.stubbed_globals) if info else [],
+        "metadata": dict(info.metadata) if info else {},
+        "filter": inspection.pattern,
+        "tensors": [{"name": r.spec.name, "shape": list(r.spec.shape), "dtype": r.spec.dtype,
+                     "numel": r.spec.numel, "kind": r.kind, "requires_grad": r.requires_grad}
+                    for r in inspection.rows],
+        "totals": {"tensors": len(inspection.rows), "tensors_in_source": inspection.total_tensors,
+                   "parameters": inspection.parameters, "elements": inspection.numel,
+                   "bytes": inspection.nbytes, "bytes_by_dtype": inspection.bytes_by_dtype()},
+        "warnings": list(inspection.warnings),
+    }
