@@ -238,10 +238,19 @@ def failures(references: dict[str, Outcome], reports: Sequence[FileReport]) -> l
     return [outcome for outcome in outcomes if isinstance(outcome, CommandError)]
 
 
+def load_line(load_before: float) -> str:
+    """Load averages around the measurements (the 'after' one includes our own runs)."""
+    cores = os.cpu_count() or 1
+    line = (f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+            f"the measurements, {cores} cores")
+    return line + (" -- machine busy, wall times are noisy" if load_before > cores / 2 else "")
+
+
 def print_report(references: dict[str, Outcome], reports: Sequence[FileReport],
-                 repeat: int) -> None:
+                 repeat: int, load_before: float) -> None:
     print(f"\nwhole-process wall time (median of {repeat}) and peak private memory "
-          f"(max RssAnon of the process tree, max of {repeat}); page cache warm\n")
+          f"(max RssAnon of the process tree, max of {repeat}); page cache warm")
+    print(load_line(load_before) + "\n")
     print(reference_table(references))
     print()
     print(results_table(reports))
@@ -272,10 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.build_only:
         return 0
     env = child_env()
+    load_before = os.getloadavg()[0]
     references = measure_references(args.repeat, env)
     reports = [report for checkpoint in built
                for report in measure_checkpoint(checkpoint, args, env)]
-    print_report(references, reports, args.repeat)
+    print_report(references, reports, args.repeat, load_before)
     errors = failures(references, reports)
     if errors:
         report_failures(errors)

@@ -42,6 +42,7 @@ class Result:
     stdout_tail: str
     wall_runs_s: tuple[float, ...] = ()
     peak_rss_mb: float = 0.0  # kernel high-water RSS (ru_maxrss, file pages included): cross-check
+    cpu_s: float = 0.0  # median user+sys CPU time of the process tree: steadier than wall on a busy machine
     samples: int = 0  # fewest RssAnon samples taken in one run
 
 
@@ -156,6 +157,7 @@ class _Run:
     wall_s: float
     peak_anon_kib: int
     max_rss_kib: int
+    cpu_s: float
     samples: int
     returncode: int
     stdout_tail: str
@@ -175,7 +177,8 @@ def _run_once(cmd: Sequence[str], env: Mapping[str, str] | None) -> _Run:
     wall_s = time.perf_counter() - start
     sampler.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return _Run(wall_s, sampler.peak_kib, rusage.ru_maxrss, sampler.samples,
+    cpu_s = rusage.ru_utime + rusage.ru_stime
+    return _Run(wall_s, sampler.peak_kib, rusage.ru_maxrss, cpu_s, sampler.samples,
                 proc.returncode, stdout.text(), stderr.text())
 
 
@@ -199,6 +202,7 @@ def measure(cmd: list[str], *, repeat: int = 3, env: Mapping[str, str] | None = 
         stdout_tail=runs[-1].stdout_tail,
         wall_runs_s=tuple(run.wall_s for run in runs),
         peak_rss_mb=max(run.max_rss_kib for run in runs) / 1024,
+        cpu_s=statistics.median(run.cpu_s for run in runs),
         samples=min(run.samples for run in runs),
     )
 

@@ -87,7 +87,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, container: str | None = None,
 def _checkpoint_row(checkpoint: Any, name: str) -> TensorRow:
     is_param = checkpoint.is_parameter(name)
     kind = None if is_param is None else ("parameter" if is_param else "buffer")
-    return TensorRow(checkpoint.specs[name], kind)
+    return TensorRow(checkpoint.specs[name], kind, checkpoint.requires_grad(name))
 
 
 def inspect_model(model: Any, *, pattern: str | None = None, regex: bool = False, label: str = "model") -> Inspection:

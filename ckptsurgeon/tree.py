@@ -45,13 +45,27 @@ def build_tree(specs: Iterable[TensorSpec]) -> ModuleNode:
 _INDEX = re.compile(r"(?<=\.)(\d+)(?=\.)|^(\d+)(?=\.)")
 
 
+def index_template(name: str) -> tuple[str, tuple[int, ...]]:
+    """``stage.3.blocks.1.w`` -> (``stage.{}.blocks.{}.w``, (3, 1)): the numbered parts of a key."""
+    return _INDEX.sub("{}", name), tuple(int(m.group(0)) for m in _INDEX.finditer(name))
+
+
+def split_moved(source: str, target: str) -> tuple[str, str]:
+    """The parts of two keys before their common dotted tail: (``dark3.1``, ``dark3.2``) for
+    ``dark3.1.cv1.weight`` and ``dark3.2.cv1.weight``."""
+    s_parts, t_parts = source.split("."), target.split(".")
+    common = 0
+    while common < min(len(s_parts), len(t_parts)) - 1 and s_parts[-1 - common] == t_parts[-1 - common]:
+        common += 1
+    return ".".join(s_parts[:len(s_parts) - common]), ".".join(t_parts[:len(t_parts) - common])
+
+
 def group_names(names: Iterable[str]) -> list[str]:
     """Compress numbered siblings: ``stage.0.w``, ``stage.1.w``, ``stage.2.w`` -> ``stage.{0..2}.w``."""
     groups: dict[str, list[tuple[int, ...]]] = {}
     order: list[str] = []
     for name in names:
-        numbers = tuple(int(m.group(0)) for m in _INDEX.finditer(name))
-        template = _INDEX.sub("{}", name)
+        template, numbers = index_template(name)
         if template not in groups:
             groups[template] = []
             order.append(template)

@@ -41,21 +41,24 @@ class SEBlock(nn.Module):
 
 
 class ChannelGate(nn.Module):
-    """CBAM's channel attention: one MLP (1x1 convs) shared by the average- and max-pooled maps."""
+    """CBAM's channel attention: one MLP shared by the average- and max-pooled channel vectors.
+
+    Linear layers rather than 1x1 convs: with ``min_hidden=0`` a zero-width Linear still runs forward,
+    a zero-channel Conv2d does not.
+    """
 
     def __init__(self, channels: int, reduction: int = 16, *, min_hidden: int = 1) -> None:
         super().__init__()
         hidden = hidden_channels(channels, reduction, min_hidden)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.Linear(channels, hidden, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.Linear(hidden, channels, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
-        peak = self.mlp(x.amax(dim=(2, 3), keepdim=True))
-        return x * torch.sigmoid(avg + peak)
+        gate = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
+        return x * gate[:, :, None, None]
 
 
 class SpatialGate(nn.Module):
@@ -73,8 +76,8 @@ class SpatialGate(nn.Module):
 class CBAM(nn.Module):
     """Convolutional block attention: channel gate, then spatial gate.
 
-    Keys: ``channel.mlp.0.weight`` (hidden, channels, 1, 1), ``channel.mlp.2.weight``
-    (channels, hidden, 1, 1) and ``spatial.conv.weight`` (1, 2, k, k).
+    Keys: ``channel.mlp.0.weight`` (hidden, channels), ``channel.mlp.2.weight`` (channels, hidden)
+    and ``spatial.conv.weight`` (1, 2, k, k).
     """
 
     def __init__(
@@ -109,9 +112,12 @@ class ECA(nn.Module):
 ATTENTION: dict[str, type[nn.Module]] = {"se": SEBlock, "cbam": CBAM, "eca": ECA}
 
 
-def make_attention(kind: str, channels: int) -> nn.Module:
-    """Build the attention block named ``kind`` (``se``, ``cbam`` or ``eca``, any case)."""
+def make_attention(kind: str, channels: int, **options: int) -> nn.Module:
+    """Build the attention block named ``kind`` (``se``, ``cbam`` or ``eca``, any case).
+
+    ``options`` go to its constructor (``reduction``, ``min_hidden``, ``kernel_size``, ``k_size``).
+    """
     block = ATTENTION.get(kind.lower())
     if block is None:
         raise ValueError(f"unknown attention {kind!r}: choose one of {', '.join(ATTENTION)}")
-    return block(channels)
+    return block(channels, **options)

@@ -194,6 +194,7 @@ def insert_layer(layers: list[Layer], at: int, kind: str) -> list[Layer]:
 
 
 def scale_channels(channels: int, width: int) -> int:
+    """A spec channel count (given for width 32) at ``width``."""
     return max(1, channels * width // 32)
 
 
@@ -258,7 +259,7 @@ class Model(nn.Module):
         self.model = nn.Sequential(*modules)
         self._scale_anchors(ch)
 
-    def _scale_anchors(self, ch: int, size: int = 128) -> None:
+    def _scale_anchors(self, ch: int, size: int = 64) -> None:
         """Measure each level's stride with one probe forward; store anchors in grid cells."""
         detect = self.model[-1]
         probe = torch.zeros(1, ch, size, size, device=detect.anchors.device)

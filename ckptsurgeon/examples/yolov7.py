@@ -155,7 +155,7 @@ class YoloBody(nn.Module):
 
     Args:
         num_classes: classes per anchor; each head has ``3 * (5 + num_classes)`` outputs.
-        width: base channel count (32 in the real model); every width is a multiple of it.
+        width: base channel count (32 in the real model); every channel count is a multiple of it.
         head_attention: ``se``, ``cbam`` or ``eca`` adds ``feat1_att``, ``feat2_att``, ``feat3_att``.
         backbone_insert: ``se``, ``cbam`` or ``eca`` inserted at ``backbone.dark3.1``.
     """

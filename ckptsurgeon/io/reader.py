@@ -8,15 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from ..errors import CheckpointFormatError, ContainerError
-from ..specs import TensorSpec, spec_of
+from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
 from .containers import Candidate, choose_candidate, find_candidates, strip_wrapper_prefixes
-from .records import MappedRecords, RecordStore
+from .records import MappedRecords, RecordStore, file_size
 from .safetensors_file import read_safetensors_header
 from .tensors import contiguous_bytes, materialize
 from .torchfile import LEGACY_MAGIC, Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
 from .unpickler import TensorRef
 
-_LEGACY_START = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+# A legacy file starts with the pickled magic number: binary (protocol 2+, after a FRAME from 4 on) or text (0/1).
+_LEGACY_MAGIC_BINARY = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
+_LEGACY_MAGIC_TEXT = b"L%dL\n" % LEGACY_MAGIC
 SINGLE_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
 
@@ -72,6 +74,10 @@ class Checkpoint(Mapping[str, Any]):
         value = self._values[name][0]
         return value.is_parameter if isinstance(value, TensorRef) and self.info.container_kind == "module" else None
 
+    def requires_grad(self, name: str) -> bool | None:
+        """A pickled module's parameter's saved ``requires_grad``; None for buffers and plain state dicts."""
+        return self._values[name][0].requires_grad if self.is_parameter(name) else None
+
     def raw_bytes(self, name: str) -> memoryview | None:
         """The tensor's bytes straight from the file, when contiguous there (no torch needed)."""
         value, records = self._values[name]
@@ -119,12 +125,12 @@ def detect_format(path: str) -> str:
     if not os.path.exists(path):
         raise CheckpointFormatError(f"{path}: no such file")
     with open(path, "rb") as handle:
-        head = handle.read(16)
+        head = handle.read(32)
     if not head:
         raise CheckpointFormatError(f"{path}: the file is empty")
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "torch-zip"
-    if head.startswith(_LEGACY_START):
+    if _is_legacy_torch(head):
         return "torch-legacy"
     if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
         return "safetensors"
@@ -134,6 +140,17 @@ def detect_format(path: str) -> str:
         return "pickle"
     raise CheckpointFormatError(f"{path}: not a recognised checkpoint (expected a torch zip, legacy torch file, "
                                 f"pickle or safetensors)")
+
+
+def _is_legacy_torch(head: bytes) -> bool:
+    if head.startswith(_LEGACY_MAGIC_TEXT):
+        return True
+    if not head.startswith(b"\x80"):
+        return False
+    body = head[2:]
+    if body.startswith(b"\x95"):  # FRAME opcode and its 8-byte length
+        body = body[9:]
+    return body.startswith(_LEGACY_MAGIC_BINARY)
 
 
 def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> Checkpoint:
@@ -152,7 +169,7 @@ def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> C
     tensors, stripped = strip_wrapper_prefixes(chosen.tensors)
     info = CheckpointInfo(path, kind, chosen.path, reason, _summaries(candidates, chosen), stripped,
                           tuple(sorted(stubbed)), trusted=trust, container_kind=chosen.kind)
-    return Checkpoint({name: (value, records) for name, value in tensors.items()}, info)
+    return Checkpoint(_checked_extents({name: (value, records) for name, value in tensors.items()}), info)
 
 
 def _trusted_load(path: str, kind: str) -> Any:
@@ -179,7 +196,37 @@ def _open_safetensors(path: str, container: str | None) -> Checkpoint:
     parsed = read_safetensors_header(path)
     tensors, stripped = strip_wrapper_prefixes(dict(parsed.refs))
     info = CheckpointInfo(path, "safetensors", None, "", (), stripped, (), parsed.metadata)
-    return Checkpoint({name: (ref, parsed.records) for name, ref in tensors.items()}, info)
+    return Checkpoint(_checked_extents({name: (ref, parsed.records) for name, ref in tensors.items()}), info)
+
+
+def _checked_extents(values: dict[str, tuple[Any, RecordStore]]) -> dict[str, tuple[Any, RecordStore]]:
+    """Refuse tensors whose bytes lie outside their record or the file (a truncated or damaged file),
+    so that reading them later cannot fail half-way. Metadata only: no tensor data is read."""
+    sizes: dict[str, int] = {}
+    for name, (value, records) in values.items():
+        spans = getattr(records, "spans", None)
+        if not isinstance(value, TensorRef) or spans is None:
+            continue
+        span = spans.get(value.storage.key)
+        if span is None:
+            raise CheckpointFormatError(f"{records.path}: '{name}' refers to storage record {value.storage.key}, "
+                                        f"which is not in the file; the file is damaged")
+        if records.path not in sizes:
+            sizes[records.path] = file_size(records.path)
+        start, length = span
+        needed = _extent_bytes(value)
+        if value.offset < 0 or needed > length or start + length > sizes[records.path]:
+            raise CheckpointFormatError(f"{records.path}: '{name}' needs {needed} bytes but its record holds "
+                                        f"{max(0, min(length, sizes[records.path] - start))}; the file is truncated "
+                                        f"or damaged")
+    return values
+
+
+def _extent_bytes(ref: TensorRef) -> int:
+    if 0 in ref.shape:
+        return 0
+    last = ref.offset + sum((dim - 1) * step for dim, step in zip(ref.shape, ref.stride))
+    return (last + 1) * ELEMENT_SIZE.get(ref.dtype, 1)
 
 
 def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
@@ -190,15 +237,21 @@ def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
     folder = os.path.dirname(index_path)
     values: dict[str, tuple[Any, RecordStore]] = {}
     shards = list(dict.fromkeys(weight_map.values()))
+    stubbed: set[str] = set()
     for shard in shards:
         part = open_checkpoint(os.path.join(folder, shard), container=container, trust=trust)
-        values.update({name: part._values[name] for name in part if weight_map.get(name) == shard})
+        # The index names tensors as stored; undo a prefix the shard stripped on its own, strip once for all below.
+        restore = "".join(part.info.stripped_prefixes)
+        values.update({restore + name: part._values[name] for name in part if weight_map.get(restore + name) == shard})
+        stubbed.update(part.info.stubbed_globals)
     missing = [name for name in weight_map if name not in values]
     if missing:
         raise CheckpointFormatError(f"{index_path}: {len(missing)} tensors listed in the index are missing from "
                                     f"their shards, e.g. '{missing[0]}'")
+    values, stripped = strip_wrapper_prefixes(values)
     kind = "safetensors-sharded" if shards[0].endswith(".safetensors") else "torch-sharded"
-    info = CheckpointInfo(index_path, kind, shards=tuple(shards), trusted=trust)
+    info = CheckpointInfo(index_path, kind, stripped_prefixes=stripped, stubbed_globals=tuple(sorted(stubbed)),
+                          shards=tuple(shards), trusted=trust)
     return Checkpoint(values, info)
 
 

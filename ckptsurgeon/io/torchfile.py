@@ -6,9 +6,11 @@ Only the pickle is parsed; tensor bytes stay in the file and are located by reco
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 from ..errors import CheckpointFormatError
@@ -17,6 +19,9 @@ from .records import MappedRecords
 from .unpickler import SafeUnpickler, StorageRef
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# What zipfile raises on a damaged archive (bad names, sizes, compression fields).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, UnicodeDecodeError,
+               NotImplementedError, RuntimeError, zlib.error)  # RuntimeError: an "encrypted" member
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
@@ -33,7 +38,7 @@ def read_torch_zip(path: str) -> Unpickled:
     """Parse the ``data.pkl`` of a torch zip checkpoint without running its code."""
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CheckpointFormatError(f"{path}: damaged zip archive ({exc}); the file may be truncated") from exc
     with archive:
         pickles = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
@@ -51,17 +56,20 @@ def read_torch_zip(path: str) -> Unpickled:
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
     try:
         return archive.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CheckpointFormatError(f"{path}: cannot read {info.filename} ({exc}); the file may be truncated") from exc
 
 
 def _check_byteorder(archive: zipfile.ZipFile, root: str, path: str) -> None:
     try:
-        order = archive.read(root + "byteorder").decode().strip()
+        info = archive.getinfo(root + "byteorder")
     except KeyError:
         return
-    if order != "little":
+    order = _read_member(archive, info, path).decode("ascii", "replace").strip()
+    if order == "big":
         raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported; re-save it on a little-endian machine")
+    if order != "little":
+        raise CheckpointFormatError(f"{path}: damaged byteorder record ({order[:16]!r}); the file is damaged")
 
 
 def _record_spans(archive: zipfile.ZipFile, prefix: str, path: str) -> dict[str, tuple[int, int]]:
@@ -87,14 +95,15 @@ def _record_spans(archive: zipfile.ZipFile, prefix: str, path: str) -> dict[str,
 def read_torch_legacy(path: str) -> Unpickled:
     """Parse a pre-zip torch file: magic, protocol, sys info, the object, then raw storages."""
     with open(path, "rb") as handle:
-        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]))
-        magic = _load(unpickler, path)
+        # One unpickler per pickle: from protocol 4 on, MEMOIZE numbers the memo from zero in each pickle.
+        magic = _load(SafeUnpickler(handle), path)
         if magic != LEGACY_MAGIC:
             raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad legacy magic number)")
-        _load(unpickler, path)  # protocol version
-        sys_info = _load(unpickler, path)
+        _load(SafeUnpickler(handle), path)  # protocol version
+        sys_info = _load(SafeUnpickler(handle), path)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
+        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]))
         obj = _load(unpickler, path)
         keys = _load(SafeUnpickler(handle), path)
         spans = _legacy_spans(handle, keys, unpickler.storages, path)
@@ -103,6 +112,7 @@ def read_torch_legacy(path: str) -> Unpickled:
 
 def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path: str) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
+    end = os.fstat(handle.fileno()).st_size
     for key in keys if isinstance(keys, list) else ():
         raw = handle.read(8)
         if len(raw) < 8:
@@ -110,6 +120,9 @@ def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path:
         numel = struct.unpack("<q", raw)[0]
         ref = storages.get(str(key))
         size = numel * ELEMENT_SIZE.get(ref.dtype, 1) if ref else 0
+        if numel < 0 or handle.tell() + size > end:
+            raise CheckpointFormatError(f"{path}: storage {key} claims {numel} elements, past the end of the file; "
+                                        f"the file is truncated or damaged")
         spans[str(key)] = (handle.tell(), size)
         handle.seek(size, io.SEEK_CUR)
     return spans
@@ -127,6 +140,7 @@ def _load(unpickler: pickle.Unpickler, path: str) -> Any:
     try:
         return unpickler.load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, struct.error, RecursionError, UnicodeDecodeError) as exc:
+            IndexError, KeyError, struct.error, RecursionError, UnicodeDecodeError, OverflowError,
+            MemoryError) as exc:
         raise CheckpointFormatError(f"{path}: cannot parse the pickle ({type(exc).__name__}: {exc}); "
                                     f"the file may be truncated or not a checkpoint") from exc

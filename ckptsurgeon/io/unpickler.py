@@ -9,6 +9,7 @@ hands it, so a whole pickled ``nn.Module`` still yields its ``_parameters`` / ``
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -142,6 +143,7 @@ def _numpy_global(name: str) -> Callable[..., Any]:
 
     table: dict[str, Any] = {
         "_reconstruct": _guard_ndarray(multiarray._reconstruct, np.ndarray),
+        "_frombuffer": _guard_frombuffer(np),
         "scalar": multiarray.scalar,
         "ndarray": np.ndarray,
         "dtype": np.dtype,
@@ -152,6 +154,18 @@ def _numpy_global(name: str) -> Callable[..., Any]:
 def _guard_ndarray(reconstruct: Callable[..., Any], ndarray: type) -> Callable[..., Any]:
     def rebuild(cls: Any, *args: Any) -> Any:
         return reconstruct(ndarray, *args) if cls is ndarray else Stub()
+    return rebuild
+
+
+def _guard_frombuffer(np: Any) -> Callable[..., Any]:
+    # Protocol 5 pickles of contiguous arrays: numpy's _frombuffer(buf, dtype, shape, order[, axis_order]).
+    def rebuild(buf: Any, dtype: Any, shape: Any, order: Any = "C", axis_order: Any = None) -> Any:
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F", "K"):
+            return Stub()
+        array = np.frombuffer(buf, dtype=dtype)
+        if order == "K" and axis_order is not None:
+            return array.reshape(shape, order="C").transpose(axis_order)
+        return array.reshape(shape, order="F" if order == "F" else "C")
     return rebuild
 
 
@@ -173,9 +187,16 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
     ("torch._tensor", "_rebuild_from_type"): _rebuild_from_type,
 }
-_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
-_NUMPY_NAMES = ("_reconstruct", "scalar", "ndarray", "dtype")
-_PY2_RENAMES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy", "numpy.core.numeric",
+                  "numpy._core.numeric")
+_NUMPY_NAMES = ("_reconstruct", "_frombuffer", "scalar", "ndarray", "dtype")
+
+
+def _py3_name(module: str, name: str) -> tuple[str, str]:
+    """Python 2 spellings that protocol 0-2 pickles use (``__builtin__``, ``commands``) -> Python 3 names."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -195,7 +216,7 @@ class SafeUnpickler(pickle.Unpickler):
         self._stub_classes: dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        module = _PY2_RENAMES.get(module, module)
+        module, name = _py3_name(module, name)
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         if module == "torch" and name.endswith("Storage"):
@@ -216,13 +237,20 @@ class SafeUnpickler(pickle.Unpickler):
         return self._stub_classes[qualname]
 
     def persistent_load(self, pid: Any) -> Any:
+        if self._storage_key is not None and isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module":
+            return pid[1]  # legacy files name each module class with its source code; the class is a stub
         if self._storage_key is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+            raise pickle.UnpicklingError(f"unexpected persistent id {_short_repr(pid)}")
         storage_type, numel = pid[1], pid[4]
         dtype = storage_type.dtype if isinstance(storage_type, StorageType) else "uint8"
         ref = StorageRef(self._storage_key(pid), dtype, int(numel))
         self.storages[ref.key] = ref
         return ref
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 _TORCH_DTYPES = {

@@ -1,0 +1,104 @@
+"""Running a plan: the only step that touches tensor values.
+
+Each needed source tensor is read once, cast to the target dtype, resized or initialised as its step says.
+Into a live model the result is loaded with ``strict=True``; into a file it is streamed tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, Mapping
+
+from .errors import MappingError
+from .plan import COPY, INIT, KEEP_TARGET, RESIZE, Plan, Step
+
+DEFAULT_SEED = 0
+
+
+def step_generator(seed: int | None, name: str) -> Any:
+    """A generator seeded by (seed, key): a key's values do not depend on which other keys are new."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(((DEFAULT_SEED if seed is None else seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    return generator
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def tensor_for_step(step: Step, source: Mapping[str, Any], initial: Callable[[], Any], seed: int | None) -> Any:
+    """The value the target key gets. ``initial()`` returns the target's own initial tensor."""
+    if step.action == COPY:
+        return source[step.source].to(_dtype(step.target_dtype))
+    if step.action == RESIZE:
+        from .resize import resize_tensor
+
+        base = _initialised(step.fill or KEEP_TARGET, step, initial, seed)
+        return resize_tensor(step.method, source[step.source], base).to(_dtype(step.target_dtype))
+    if step.action == INIT:
+        return _initialised(step.method or KEEP_TARGET, step, initial, seed)
+    raise MappingError(f"{step.target}: unknown plan action {step.action!r}")
+
+
+def _initialised(method: str, step: Step, initial: Callable[[], Any], seed: int | None) -> Any:
+    like = initial()
+    if method == KEEP_TARGET:
+        if like.is_meta:
+            raise MappingError(f"{step.target}: the target is on the meta device, so it has no initial values for "
+                               f"this new tensor; give one with --init '{step.target}=normal' (or zeros, ones, ...)")
+        return like
+    from .init import initialize
+
+    if like.is_meta:
+        import torch
+
+        like = torch.empty(like.shape, dtype=like.dtype)
+    return initialize(method, like, step_generator(seed, step.target))
+
+
+def apply_to_model(plan: Plan, source: Mapping[str, Any], model: Any, *, seed: int | None = None) -> None:
+    """Load the planned tensors into ``model`` with ``strict=True``; meta-device models get ``assign=True``."""
+    current = model.state_dict()
+    new_state = {step.target: tensor_for_step(step, source, lambda n=step.target: current[n], seed)
+                 for step in plan.steps}
+    on_meta = any(tensor.is_meta for tensor in current.values())
+    model.load_state_dict(new_state, strict=True, assign=on_meta)
+
+
+def tied_groups(model: Any) -> list[list[str]]:
+    """Names under which one parameter or buffer is registered more than once (tied weights)."""
+    by_id: dict[int, list[str]] = {}
+    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + \
+            list(model.named_buffers(remove_duplicate=False)):
+        by_id.setdefault(id(tensor), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int | None = None,
+               metadata: Mapping[str, str] | None = None) -> str:
+    """Stream the planned target state dict into ``output``, one tensor at a time.
+
+    ``template`` gives the target's initial values (a Checkpoint or a state dict). Plain copies that keep
+    their dtype, and kept initial values, go byte for byte from file to file without building a tensor.
+    """
+    from .io.writer import write_streamed
+    from .specs import TensorSpec
+
+    specs = [TensorSpec(step.target, step.target_shape, step.target_dtype) for step in plan.steps]
+    by_target = {step.target: step for step in plan.steps}
+    produce = {step.target: (lambda s=step: tensor_for_step(s, source, lambda: template[s.target], seed))
+               for step in plan.steps}
+    return write_streamed(output, specs, produce, metadata=metadata,
+                          raw=lambda name: _raw_bytes(by_target[name], source, template))
+
+
+def _raw_bytes(step: Step, source: Any, template: Any) -> memoryview | None:
+    if step.action == COPY and step.source_dtype == step.target_dtype and hasattr(source, "raw_bytes"):
+        return source.raw_bytes(step.source)
+    if step.action == INIT and step.method in (None, KEEP_TARGET) and hasattr(template, "raw_bytes"):
+        return template.raw_bytes(step.target)
+    return None

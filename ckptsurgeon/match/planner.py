@@ -1,0 +1,192 @@
+"""make_plan: from source and target specs (and the user's rules) to a Plan. Pure; reads no tensor data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from ..errors import MappingError
+from ..plan import (AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, PREFIX, RENAME, RESIZE,
+                    SHAPE_MISMATCH, TIED, Plan, PlanOptions, Step, Unused, is_bookkeeping)
+from ..specs import TensorSpec, format_shape
+from .order import match_by_order
+from .prefix import detect_prefix_move, moved_name
+from .rules import PatternRule, apply_renames, first_match, parse_init_rules, parse_rename, parse_resize_rules
+from .structure import match_structure
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a source key got the name matching saw."""
+
+    original: str
+    by_rule: bool = False
+    moved: bool = False
+
+
+def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], *,
+              rename: Iterable[str] = (), resize: Iterable[str] = (), init: Iterable[str] = (),
+              order_fallback: bool = False, tied: Iterable[Iterable[str]] = (), seed: int | None = None) -> Plan:
+    """Plan the transfer of ``source`` tensors into ``target`` keys.
+
+    Args:
+        source, target: name -> TensorSpec, in file / registration order.
+        rename: ``REGEX=REPLACEMENT`` rules applied to source names first (an empty result drops the key).
+        resize: ``PATTERN=METHOD[:ARG]``: how target keys whose paired source differs in shape are resized.
+        init: ``PATTERN=NAME[:ARG]``: how new target tensors are initialised (default: the target's own values).
+        order_fallback: pair leftover modules by registration order (signatures must still agree).
+        tied: groups of target keys that share one tensor (a source for one feeds them all).
+        seed: recorded in the plan for the initialisers.
+    """
+    options = PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed)
+    resize_rules, init_rules = parse_resize_rules(options.resize), parse_init_rules(options.init)
+    pinned, rest, provenance, dropped = _rename_sources(source, target, options.rename)
+    free_targets = {name: spec for name, spec in target.items() if name not in pinned}
+    move = detect_prefix_move(rest, free_targets)
+    if move is not None:
+        rest, provenance = _apply_move(rest, provenance, move)
+    found = match_structure(rest.values(), free_targets.values(), EXACT)
+    if order_fallback:
+        found.pairs.update(match_by_order(rest, free_targets, found.pairs))
+    pairs = {t: (provenance[s].original, _strategy(how, provenance[s])) for t, (s, how) in found.pairs.items()}
+    pairs.update({t: (original, RENAME) for t, original in pinned.items()})
+    _spread_ties(pairs, tied)
+    steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
+    ambiguous = {provenance[n].original for n in found.ambiguous_sources if n in provenance}
+    paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
+    unused = _unused(source, steps, dropped, ambiguous, paired)
+    return Plan(steps, unused, tuple(found.ambiguities), move, options)
+
+
+def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
+                    ) -> tuple[dict[str, str], dict[str, TensorSpec], dict[str, Provenance], set[str]]:
+    """Apply the rename rules. A key a rule renames onto a target key is pinned to it (rules come first);
+    the other keys go on to structural matching under their (possibly renamed) names.
+
+    Returns (pinned target -> source, remaining specs by name, their provenance, dropped source keys).
+    """
+    rules = [parse_rename(text) for text in texts]
+    pinned: dict[str, str] = {}
+    rest: dict[str, TensorSpec] = {}
+    provenance: dict[str, Provenance] = {}
+    dropped: set[str] = set()
+    for name, spec in source.items():
+        new = apply_renames(rules, name) if rules else name
+        if not new:
+            dropped.add(name)
+            continue
+        taken = pinned.get(new) if new != name and new in target else (provenance[new].original if new in rest else None)
+        if taken is not None:
+            raise MappingError(f"--rename gives two source keys the same name {new!r}: {taken!r} and {name!r}; "
+                               f"make the rule more specific")
+        if new != name and new in target:
+            pinned[new] = name
+        else:
+            rest[new] = spec.with_name(new)
+            provenance[new] = Provenance(name, by_rule=new != name)
+    return pinned, rest, provenance, dropped
+
+
+def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance], move: tuple[str, str]
+                ) -> tuple[dict[str, TensorSpec], dict[str, Provenance]]:
+    moved_specs: dict[str, TensorSpec] = {}
+    moved_provenance: dict[str, Provenance] = {}
+    for name, spec in named.items():
+        new = moved_name(name, move)
+        if new in moved_specs:  # the move would merge two keys: keep the names as they were
+            return named, provenance
+        moved_specs[new] = spec.with_name(new)
+        moved_provenance[new] = Provenance(provenance[name].original, provenance[name].by_rule, new != name)
+    return moved_specs, moved_provenance
+
+
+def _spread_ties(pairs: dict[str, tuple[str, str]], tied: Iterable[Iterable[str]]) -> None:
+    for group in tied:
+        members = list(group)
+        fed = next((pairs[m] for m in members if m in pairs), None)
+        if fed is not None:
+            for member in members:
+                pairs.setdefault(member, (fed[0], TIED))
+
+
+def _strategy(found: str, origin: Provenance) -> str:
+    if found != EXACT:
+        return found
+    if origin.by_rule:
+        return RENAME
+    return PREFIX if origin.moved else EXACT
+
+
+def _init_for(spec: TensorSpec, rules: list[PatternRule]) -> tuple[str, str]:
+    """The first --init rule that can fill this tensor, or the target's own values; and a note why."""
+    from ..init import check_init
+
+    skipped = []
+    chosen = KEEP_TARGET
+    for rule in rules:
+        if rule.matches(spec.name):
+            problem = check_init(rule.value, spec.shape, dtype=spec.dtype)
+            if problem is None:
+                chosen = rule.value
+                break
+            skipped.append(f"--init '{rule.text}' skipped: {problem}")
+    return chosen, "".join(f"; {note}" for note in skipped)
+
+
+def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[str, TensorSpec],
+          resize_rules: list[PatternRule], init_rules: list[PatternRule]) -> Step:
+    name = spec.name
+    if pair is None:
+        fill, note = _init_for(spec, init_rules)
+        why = "bookkeeping counter, starts fresh" if is_bookkeeping(name) else "no source tensor matches"
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=why + note)
+    original, strategy = pair
+    source = source_specs[original]
+    common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
+    if source.shape == spec.shape:
+        return Step(name, COPY, spec.shape, spec.dtype, reason=_copy_reason(strategy, original, name), **common)
+    fill, note = _init_for(spec, init_rules)
+    mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
+    rule = first_match(resize_rules, name)
+    if rule is None:
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill,
+                    reason=f"shape mismatch: {mismatch}; to use it add --resize '{name}=slice_pad' (or another method)" + note)
+    from ..resize import can_resize
+
+    problem = can_resize(rule.value, source.shape, spec.shape)
+    if problem:
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill,
+                    reason=f"shape mismatch: {mismatch}; --resize '{rule.text}' cannot apply: {problem}" + note)
+    return Step(name, RESIZE, spec.shape, spec.dtype, method=rule.value, fill=fill,
+                reason=f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, **common)
+
+
+def _copy_reason(strategy: str, source: str, target: str) -> str:
+    return {
+        EXACT: "same name and shape",
+        RENAME: f"renamed by rule from {source}",
+        PREFIX: f"prefix moved from {source}",
+        TIED: f"tied to a target key loaded from {source}",
+    }.get(strategy, f"{strategy}: {source} -> {target}")
+
+
+def _unused(source: Mapping[str, TensorSpec], steps: tuple[Step, ...], dropped: set[str], ambiguous: set[str],
+            paired: dict[str, Step]) -> tuple[Unused, ...]:
+    """Every source key no step uses, once, with the reason."""
+    used = {step.source for step in steps if step.is_transferred}
+    out = []
+    for name, spec in source.items():
+        if name in used:
+            continue
+        if name in dropped:
+            reason, detail = DROPPED, "a --rename rule gave it an empty name"
+        elif name in paired:
+            target = paired[name]
+            reason, detail = SHAPE_MISMATCH, (f"its place is {target.target} {format_shape(target.target_shape)}, "
+                                              f"this is {format_shape(spec.shape)}")
+        elif name in ambiguous:
+            reason, detail = AMBIGUOUS, "identical modules: the checkpoint cannot tell which target it belongs to"
+        else:
+            reason, detail = NO_MATCH, ""
+        out.append(Unused(name, spec.shape, spec.dtype, reason, detail))
+    return tuple(out)

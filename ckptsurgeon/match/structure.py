@@ -1,0 +1,268 @@
+"""Structural matching: pair source and target modules as trees, aligning numbered containers.
+
+Each model is a tree of modules (``backbone`` -> ``dark3`` -> ``1`` -> ``cv1`` -> ``conv``) whose nodes own
+tensors. Named children pair by name. Numbered children (``nn.Sequential`` / ``nn.ModuleList``) are aligned as
+sequences of whole-subtree signatures (every relative tensor name and shape), so a module inserted or removed
+shifts the later indices without mixing weights of different layers: the alignment that matches more
+modules in order wins, and names only break ties. Cost stays near-linear: common runs at both ends are
+taken first and only the gap between them is aligned.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..plan import ALIGN, SIGNATURE, Ambiguity, is_bookkeeping
+from ..specs import TensorSpec
+
+MAX_DP_CELLS = 250_000
+
+
+@dataclass(eq=False)
+class Node:
+    path: str
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
+    children: dict[str, "Node"] = field(default_factory=dict)
+    sig: int = 0     # whole-subtree signature: names and shapes (bookkeeping counters left out)
+    kind: int = 0    # the same without shapes: "the same kind of module"
+
+    def child_path(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def key(self, leaf: str) -> str:
+        return self.child_path(leaf)
+
+
+def build_tree(specs: Iterable[TensorSpec]) -> Node:
+    root = Node("")
+    for spec in specs:
+        node = root
+        *parents, leaf = spec.name.split(".")
+        for part in parents:
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = Node(node.child_path(part))
+            node = child
+        node.tensors[leaf] = spec
+    _sign(root)
+    return root
+
+
+def _sign(node: Node) -> None:
+    for child in node.children.values():
+        _sign(child)
+    own = sorted((leaf, spec.shape) for leaf, spec in node.tensors.items() if not is_bookkeeping(leaf))
+    kids = sorted((name, child.sig, child.kind) for name, child in node.children.items())
+    node.sig = hash((tuple(own), tuple((n, s) for n, s, _ in kids)))
+    node.kind = hash((tuple(leaf for leaf, _ in own), tuple((n, k) for n, _, k in kids)))
+
+
+def is_index(name: str) -> bool:
+    return name.isdigit()
+
+
+@dataclass
+class StructureMatch:
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)   # target key -> (source key, strategy)
+    ambiguities: list[Ambiguity] = field(default_factory=list)
+    ambiguous_sources: set[str] = field(default_factory=set)
+
+
+class Matcher:
+    def __init__(self) -> None:
+        self.result = StructureMatch()
+
+    def match(self, source: Node, target: Node, strategy: str) -> None:
+        for leaf in target.tensors:
+            if leaf in source.tensors:
+                self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        s_named = {n: c for n, c in source.children.items() if not is_index(n)}
+        t_named = {n: c for n, c in target.children.items() if not is_index(n)}
+        for name, child in t_named.items():
+            if name in s_named:
+                self.match(s_named[name], child, strategy)
+        self._pair_renamed({n: c for n, c in s_named.items() if n not in t_named},
+                           {n: c for n, c in t_named.items() if n not in s_named}, target)
+        s_seq = sorted(((int(n), c) for n, c in source.children.items() if is_index(n)), key=lambda p: p[0])
+        t_seq = sorted(((int(n), c) for n, c in target.children.items() if is_index(n)), key=lambda p: p[0])
+        if s_seq and t_seq:
+            self._align(s_seq, t_seq, target, strategy)
+
+    def _align(self, s_seq: list[tuple[int, Node]], t_seq: list[tuple[int, Node]], parent: Node, strategy: str) -> None:
+        a = [node.sig for _, node in s_seq]
+        b = [node.sig for _, node in t_seq]
+        pairs = align_sequences(a, b)
+        for i, j in pairs:
+            self._pair(s_seq[i], t_seq[j], strategy)
+        for s_gap, t_gap in gaps(pairs, len(a), len(b)):
+            self._flag_ambiguity(s_seq, t_seq, s_gap, t_gap, pairs, parent)
+            kinds = align_sequences([s_seq[i][1].kind for i in s_gap], [t_seq[j][1].kind for j in t_gap])
+            for i, j in kinds:  # the same kind of module changed in place (e.g. 256 -> 288 channels)
+                self._pair(s_seq[s_gap[i]], t_seq[t_gap[j]], strategy)
+
+    def _pair(self, s_item: tuple[int, Node], t_item: tuple[int, Node], strategy: str) -> None:
+        self.match(s_item[1], t_item[1], strategy if s_item[0] == t_item[0] else ALIGN)
+
+    def _flag_ambiguity(self, s_seq: list, t_seq: list, s_gap: list[int], t_gap: list[int],
+                        pairs: list[tuple[int, int]], parent: Node) -> None:
+        matched_t = {j: i for i, j in pairs}
+        for j in t_gap:
+            run = _identical_run(t_seq, j, matched_t)
+            if run:
+                self.result.ambiguities.append(_insertion_ambiguity(parent, t_seq, s_seq, j, run, matched_t))
+        matched_s = {i: j for i, j in pairs}
+        for i in s_gap:
+            run = _identical_run(s_seq, i, matched_s)
+            if run:
+                start = s_seq[run[0]][0]
+                self.result.ambiguities.append(Ambiguity(
+                    parent.path or "<root>", f"{parent.child_path(str(s_seq[i][0]))} was removed (names kept)",
+                    f"any of {parent.child_path(str(start))}..{s_seq[i][0]} may be the removed one"))
+                self.result.ambiguous_sources.update(_keys(s_seq[i][1]))
+
+    def _pair_renamed(self, s_left: dict[str, Node], t_left: dict[str, Node], parent: Node) -> None:
+        """Siblings saved under other names: a signature unique on both sides pairs them; several of the same
+        signature pair only where name similarity is clear; otherwise nothing loads there and we say why."""
+        if not s_left or not t_left:
+            return
+        by_sig: dict[int, tuple[list[str], list[str]]] = {}
+        for name, node in s_left.items():
+            by_sig.setdefault(node.sig, ([], []))[0].append(name)
+        for name, node in t_left.items():
+            by_sig.setdefault(node.sig, ([], []))[1].append(name)
+        for s_names, t_names in by_sig.values():
+            if not s_names or not t_names:
+                continue
+            if len(s_names) == len(t_names) == 1 and len(s_left) == len(t_left):
+                self.match(s_left[s_names[0]], t_left[t_names[0]], SIGNATURE)
+                continue
+            chosen = _similar_pairs(s_names, t_names)
+            for s_name, t_name in chosen:
+                self.match(s_left[s_name], t_left[t_name], SIGNATURE)
+            undecided = [n for n in s_names if n not in {s for s, _ in chosen}]
+            if undecided and len(chosen) < min(len(s_names), len(t_names)):
+                self._unpaired_siblings(parent, undecided, [t for t in t_names if t not in {t for _, t in chosen}],
+                                        s_left)
+
+    def _unpaired_siblings(self, parent: Node, s_names: list[str], t_names: list[str], s_left: dict[str, Node]) -> None:
+        where = parent.path or "<root>"
+        self.result.ambiguities.append(Ambiguity(
+            where, f"nothing loaded into {', '.join(t_names)}",
+            f"identical modules saved as {', '.join(s_names)}: names give no clear pairing",
+            " ".join(f"--rename '^{_escape(parent.child_path(s))}\\.={parent.child_path(t)}.'"
+                     for s, t in zip(s_names, t_names))))
+        for name in s_names:
+            self.result.ambiguous_sources.update(_keys(s_left[name]))
+
+
+def _similar_pairs(s_names: list[str], t_names: list[str], margin: float = 0.2, floor: float = 0.6) -> list[tuple[str, str]]:
+    """Mutual best name matches that beat every other candidate by ``margin``."""
+    def best(name: str, others: list[str]) -> str | None:
+        scored = sorted(((difflib.SequenceMatcher(None, name, o).ratio(), o) for o in others), reverse=True)
+        if not scored or scored[0][0] < floor:
+            return None
+        if len(scored) > 1 and scored[0][0] - scored[1][0] < margin:
+            return None
+        return scored[0][1]
+    pairs = []
+    for t_name in t_names:
+        s_name = best(t_name, s_names)
+        if s_name is not None and best(s_name, t_names) == t_name:
+            pairs.append((s_name, t_name))
+    return pairs
+
+
+def _identical_run(seq: list[tuple[int, Node]], index: int, matched: dict[int, int]) -> list[int]:
+    """Matched neighbours of an unmatched element that carry its very signature (so it could sit among them)."""
+    sig = seq[index][1].sig
+    run = []
+    for step in (-1, 1):
+        k = index + step
+        while 0 <= k < len(seq) and seq[k][1].sig == sig and k in matched:
+            run.append(k)
+            k += step
+    return sorted(run)
+
+
+def _insertion_ambiguity(parent: Node, t_seq: list, s_seq: list, j: int, run: list[int], matched_t: dict[int, int]) -> Ambiguity:
+    first = min(run[0], j)
+    new_name = parent.child_path(str(t_seq[j][0]))
+    alternative = parent.child_path(str(t_seq[first][0]))
+    rules = []
+    for k in range(j - 1, first - 1, -1):   # highest index first, so the rules do not cascade
+        if k in matched_t:
+            s_index, t_index = s_seq[matched_t[k]][0], t_seq[k + 1][0] if k + 1 < len(t_seq) else t_seq[k][0] + 1
+            rules.append(f"--rename '^{_escape(parent.child_path(str(s_index)))}\\.={parent.child_path(str(t_index))}.'")
+    return Ambiguity(parent.path or "<root>", f"{new_name} is new (identical blocks keep their names)",
+                     f"the new block may be {alternative}, with the blocks after it shifted by one",
+                     " ".join(rules) or None)
+
+
+def _escape(path: str) -> str:
+    return path.replace(".", r"\.")
+
+
+def _keys(node: Node) -> list[str]:
+    out = [node.key(leaf) for leaf in node.tensors]
+    for child in node.children.values():
+        out += _keys(child)
+    return out
+
+
+def align_sequences(a: list[int], b: list[int]) -> list[tuple[int, int]]:
+    """Pairs (i, j) of a longest common subsequence, preferring name-keeping pairs at both ends."""
+    n, m = len(a), len(b)
+    head = 0
+    while head < min(n, m) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(n, m) - head and a[n - 1 - tail] == b[m - 1 - tail]:
+        tail += 1
+    middle = _lcs(a[head:n - tail], b[head:m - tail])
+    return ([(k, k) for k in range(head)] + [(i + head, j + head) for i, j in middle]
+            + [(n - tail + k, m - tail + k) for k in range(tail)])
+
+
+def _lcs(a: list[int], b: list[int]) -> list[tuple[int, int]]:
+    if not a or not b:
+        return []
+    if len(a) * len(b) > MAX_DP_CELLS:
+        blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+        return [(blk.a + k, blk.b + k) for blk in blocks for k in range(blk.size)]
+    n, m = len(a), len(b)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = table[i], table[i + 1]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if a[i] == b[j] else max(below[j], row[j + 1])
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if a[i] == b[j] and table[i][j] == table[i + 1][j + 1] + 1:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+def gaps(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple[list[int], list[int]]]:
+    """The unmatched stretches between consecutive matched pairs, on both sides."""
+    out = []
+    prev_i, prev_j = -1, -1
+    for i, j in sorted(pairs) + [(n, m)]:
+        s_gap, t_gap = list(range(prev_i + 1, i)), list(range(prev_j + 1, j))
+        if s_gap or t_gap:
+            out.append((s_gap, t_gap))
+        prev_i, prev_j = i, j
+    return out
+
+
+def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], strategy: str) -> StructureMatch:
+    """Pair target keys with source keys by structure; see the module docstring."""
+    matcher = Matcher()
+    matcher.match(build_tree(source), build_tree(target), strategy)
+    return matcher.result

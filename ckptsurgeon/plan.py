@@ -1,0 +1,123 @@
+"""The plan: what happens to every target key and why, computed from names, shapes and dtypes only.
+
+Invariant (property-tested): every target key has exactly one :class:`Step`; every source key is used by
+one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+# Step actions
+COPY = "copy"        # the source tensor as is (cast to the target dtype if they differ)
+RESIZE = "resize"    # a source tensor of another shape, through a named resize method
+INIT = "init"        # new: the target's own initial values, or a named initialiser
+
+# Strategies: which kind of evidence paired a source key with a target key
+EXACT = "exact"            # same name, structure around it agrees
+RENAME = "rename"          # a --rename rule gave the name
+PREFIX = "prefix"          # a consistent prefix move (added, removed or replaced)
+ALIGN = "align"            # structural alignment inside a numbered container (indices shifted)
+SIGNATURE = "signature"    # renamed sibling modules paired by their unique signature / name similarity
+ORDER = "order"            # the opt-in order-based fallback
+TIED = "tied"              # a target key tied to another target key that got this source
+
+# Reasons a source key is unused
+NO_MATCH = "no match"
+SHAPE_MISMATCH = "shape mismatch"
+AMBIGUOUS = "ambiguous"
+DROPPED = "dropped by rule"
+
+KEEP_TARGET = "target"    # init method: keep whatever the target's constructor produced
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one target key receives."""
+
+    target: str
+    action: str
+    target_shape: tuple[int, ...]
+    target_dtype: str
+    source: str | None = None
+    source_shape: tuple[int, ...] | None = None
+    source_dtype: str | None = None
+    strategy: str | None = None
+    method: str | None = None      # resize method ("slice_pad", "yolo_head:3") or init ("target", "normal:0.01")
+    reason: str = ""
+    fill: str | None = None        # resize steps: how the part the source does not cover starts (an init)
+
+    @property
+    def is_transferred(self) -> bool:
+        return self.action in (COPY, RESIZE)
+
+    @property
+    def is_cast(self) -> bool:
+        return self.source_dtype is not None and self.source_dtype != self.target_dtype
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A source key no target key uses, and why."""
+
+    source: str
+    shape: tuple[int, ...]
+    dtype: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Ambiguity:
+    """A place where the checkpoint cannot tell which reading is right; the plan took ``chosen``."""
+
+    container: str
+    chosen: str
+    alternative: str
+    rename_rule: str | None = None   # the --rename that states the alternative reading
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    rename: tuple[str, ...] = ()
+    resize: tuple[str, ...] = ()
+    init: tuple[str, ...] = ()
+    order_fallback: bool = False
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rename": list(self.rename), "resize": list(self.resize), "init": list(self.init),
+                "order_fallback": self.order_fallback, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    unused: tuple[Unused, ...]
+    ambiguities: tuple[Ambiguity, ...] = ()
+    prefix_move: tuple[str, str] | None = None    # (removed, added) when a prefix move was applied
+    options: PlanOptions = field(default_factory=PlanOptions)
+    notes: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def step_for(self, target: str) -> Step:
+        for step in self.steps:
+            if step.target == target:
+                return step
+        raise KeyError(target)
+
+    @property
+    def transferred(self) -> tuple[Step, ...]:
+        return tuple(step for step in self.steps if step.is_transferred)
+
+    def sources_needed(self) -> list[str]:
+        """Source keys the apply step must read, each once, in target order."""
+        return list(dict.fromkeys(step.source for step in self.steps if step.source and step.is_transferred))
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Counters such as BatchNorm's ``num_batches_tracked``: carried along, never counted as a failure."""
+    return name.rpartition(".")[2] == "num_batches_tracked"

@@ -1,0 +1,236 @@
+"""The report of a transfer plan: counts, coverage, warnings and the plan's JSON form.
+
+The terminal text, the JSON and the Markdown all read one :class:`~ckptsurgeon.plan.Plan`; nothing here
+decides anything the plan has not. Counts leave out bookkeeping keys (``num_batches_tracked``) on both sides;
+the JSON still lists every step and every unused key. No torch: a dry run renders without it.
+
+JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
+
+    schema, tool_version, created (UTC ISO 8601), source, target, output (null when nothing was written),
+    applied (false for a dry run), inputs {str: str}, container, container_reason, stripped_prefixes [str],
+    stubbed_globals [str], options {rename, resize, init, order_fallback, seed},
+    prefix_move {removed, added} | null,
+    counts {targets, loaded, resized, new, unused_sources, sources, ambiguous, cast, numel_target,
+            numel_from_source},
+    headline, coverage [{module, transferred, total}],
+    targets [{target, action, source, strategy, method, source_shape, target_shape, source_dtype,
+              target_dtype, reason}]   one per plan step, in plan order; shapes are lists or null
+    unused [{source, shape, dtype, reason, detail}],
+    ambiguities [{container, chosen, alternative, rename_rule}],
+    warnings [str], gate_failures [str]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__
+from .io.reader import CheckpointInfo
+from .plan import COPY, INIT, RESIZE, Plan, Step, is_bookkeeping
+from .report_render import ROOT, group_names, render_headline, render_markdown, render_terminal, short_dtype
+from .specs import format_shape
+from .views import human_count
+
+REPORT_SCHEMA = "ckptsurgeon.report/1"
+LARGE_UNUSED = 1_000_000     # elements: an unused source tensor this big is worth a warning
+MAX_LARGE_WARNINGS = 10
+
+
+@dataclass(frozen=True)
+class ReportCounts:
+    """Tensor and element counts of a plan, bookkeeping keys left out."""
+
+    targets: int
+    loaded: int                # copy steps
+    resized: int               # resize steps
+    new: int                   # init steps
+    unused_sources: int
+    sources: int
+    ambiguous: int
+    cast: int                  # transferred steps whose source dtype differs from the target's
+    numel_target: int
+    numel_from_source: int     # elements of the target tensors that got source values (copied or resized)
+
+
+def count_plan(plan: Plan) -> ReportCounts:
+    """The counts of ``plan``; bookkeeping keys (``num_batches_tracked``) are not counted."""
+    steps = [step for step in plan.steps if not is_bookkeeping(step.target)]
+    moved = [step for step in steps if step.is_transferred]
+    unused = [u.source for u in plan.unused if not is_bookkeeping(u.source)]
+    used = {step.source for step in moved if step.source and not is_bookkeeping(step.source)}
+    actions = Counter(step.action for step in steps)
+    return ReportCounts(
+        targets=len(steps), loaded=actions[COPY], resized=actions[RESIZE], new=actions[INIT],
+        unused_sources=len(unused), sources=len(used | set(unused)), ambiguous=len(plan.ambiguities),
+        cast=sum(step.is_cast for step in moved),
+        numel_target=sum(math.prod(step.target_shape) for step in steps),
+        numel_from_source=sum(math.prod(step.target_shape) for step in moved))
+
+
+@dataclass(frozen=True)
+class Report:
+    """A plan and what happened around it: the one object every report format renders."""
+
+    plan: Plan
+    source: str                          # the source checkpoint path
+    target: str                          # "--model pkg.mod:build", a template path, or a class name
+    source_info: CheckpointInfo | None = None
+    output: str | None = None            # the file written, if any
+    applied: bool = False                # False for a dry run (nothing read), True once tensors were applied
+    gate_failures: tuple[str, ...] = ()  # messages of --strict / --min-coverage gates that failed
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> ReportCounts:
+        return count_plan(self.plan)
+
+    def headline(self) -> str:
+        """``loaded 466/472 target tensors (98.7%), 6 new, 0 resized, 12 source tensors unused; ...``"""
+        return render_headline(self.counts())
+
+    def coverage(self) -> list[tuple[str, int, int]]:
+        """(top-level module, transferred, total) in target order; top-level tensors under ``<root>``."""
+        totals: dict[str, list[int]] = {}
+        for step in self.plan.steps:
+            if is_bookkeeping(step.target):
+                continue
+            top = step.target.split(".", 1)[0] if "." in step.target else ROOT
+            entry = totals.setdefault(top, [0, 0])
+            entry[0] += step.is_transferred
+            entry[1] += 1
+        return [(module, done, total) for module, (done, total) in totals.items()]
+
+    def warnings(self) -> list[str]:
+        """Zero-sized tensors, dtype casts, large unused source tensors, ambiguities, then the plan's notes."""
+        plan = self.plan
+        out = _zero_sized_warnings(plan) + _cast_warnings(plan) + _large_unused_warnings(plan)
+        if plan.ambiguities:
+            n = len(plan.ambiguities)
+            out.append(f"{n} ambiguous place{'s' if n != 1 else ''}: the checkpoint cannot tell which reading "
+                       f"is right; the plan took one (see 'ambiguous' for the other and the --rename that "
+                       f"states it)")
+        return out + list(plan.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, schema ``ckptsurgeon.report/1`` (see the module docstring)."""
+        info, plan = self.source_info, self.plan
+        return {
+            "schema": REPORT_SCHEMA,
+            "tool_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": self.source,
+            "target": self.target,
+            "output": self.output,
+            "applied": self.applied,
+            "inputs": dict(self.inputs),
+            "container": info.container if info else None,
+            "container_reason": info.container_reason if info else "",
+            "stripped_prefixes": list(info.stripped_prefixes) if info else [],
+            "stubbed_globals": list(info.stubbed_globals) if info else [],
+            "options": plan.options.as_dict(),
+            "prefix_move": ({"removed": plan.prefix_move[0], "added": plan.prefix_move[1]}
+                            if plan.prefix_move else None),
+            "counts": asdict(self.counts()),
+            "headline": self.headline(),
+            "coverage": [{"module": m, "transferred": done, "total": total} for m, done, total in self.coverage()],
+            "targets": [_step_dict(step) for step in plan.steps],
+            "unused": [{"source": u.source, "shape": list(u.shape), "dtype": u.dtype, "reason": u.reason,
+                        "detail": u.detail} for u in plan.unused],
+            "ambiguities": [{"container": a.container, "chosen": a.chosen, "alternative": a.alternative,
+                             "rename_rule": a.rename_rule} for a in plan.ambiguities],
+            "warnings": self.warnings(),
+            "gate_failures": list(self.gate_failures),
+        }
+
+    def render(self, *, color: bool = False, verbose: bool = False) -> str:
+        """Terminal text. ``color`` adds ANSI colours (the caller decides, e.g. from ``isatty``);
+        without ``verbose`` long sections are cut at about 20 lines."""
+        return render_terminal(self, color=color, verbose=verbose)
+
+    def to_markdown(self) -> str:
+        return render_markdown(self)
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        _write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def save_markdown(self, path: str | os.PathLike) -> None:
+        _write_text(path, self.to_markdown())
+
+    def __str__(self) -> str:
+        return self.render(color=False)
+
+
+def report_metadata(report: Report) -> dict[str, str]:
+    """A compact str -> str summary for the output file's metadata (safetensors allows strings only)."""
+    info = report.source_info
+    return {
+        "ckptsurgeon.version": __version__,
+        "ckptsurgeon.source": report.source,
+        "ckptsurgeon.container": (info.container or "") if info else "",
+        "ckptsurgeon.options": json.dumps(report.plan.options.as_dict(), sort_keys=True),
+        "ckptsurgeon.headline": report.headline(),
+    }
+
+
+def _step_dict(step: Step) -> dict[str, Any]:
+    return {"target": step.target, "action": step.action, "source": step.source, "strategy": step.strategy,
+            "method": step.method,
+            "source_shape": list(step.source_shape) if step.source_shape is not None else None,
+            "target_shape": list(step.target_shape), "source_dtype": step.source_dtype,
+            "target_dtype": step.target_dtype, "reason": step.reason}
+
+
+def _shaped_names(named: dict[str, tuple[int, ...]]) -> str:
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, shape in named.items():
+        by_shape.setdefault(tuple(shape), []).append(name)
+    return ", ".join(f"{line} {format_shape(shape)}" for shape, names in by_shape.items()
+                     for line in group_names(names))
+
+
+def _zero_sized_warnings(plan: Plan) -> list[str]:
+    targets = {s.target: s.target_shape for s in plan.steps if 0 in s.target_shape}
+    sources = {s.source: s.source_shape for s in plan.steps
+               if s.source and s.source_shape is not None and 0 in s.source_shape}
+    sources.update({u.source: u.shape for u in plan.unused if 0 in u.shape})
+    out = []
+    for side, named in (("target", targets), ("source", sources)):
+        if named:
+            out.append(f"zero-sized {side} tensor{'s' if len(named) != 1 else ''} (a dimension of 0, e.g. the "
+                       f"weight of Linear(3, 0)): {_shaped_names(named)}")
+    return out
+
+
+def _cast_warnings(plan: Plan) -> list[str]:
+    casts = [s for s in plan.transferred if s.is_cast and not is_bookkeeping(s.target)]
+    if not casts:
+        return []
+    pairs = Counter(f"{short_dtype(s.source_dtype or '')} -> {short_dtype(s.target_dtype)}" for s in casts)
+    kinds = ", ".join(f"{pair} ({n})" for pair, n in pairs.items())
+    n = len(casts)
+    return [f"{n} tensor{'s' if n != 1 else ''} cast to the target dtype: {kinds}; e.g. {casts[0].target}"]
+
+
+def _large_unused_warnings(plan: Plan) -> list[str]:
+    large = sorted((u for u in plan.unused if math.prod(u.shape) >= LARGE_UNUSED), key=lambda u: -math.prod(u.shape))
+    out = [f"large unused source tensor {u.source} {format_shape(u.shape)} ({human_count(math.prod(u.shape))} "
+           f"elements, {u.reason})" for u in large[:MAX_LARGE_WARNINGS]]
+    rest = large[MAX_LARGE_WARNINGS:]
+    if rest:
+        total = sum(math.prod(u.shape) for u in rest)
+        out.append(f"and {len(rest)} more large unused source tensors ({human_count(total)} elements)")
+    return out
+
+
+def _write_text(path: str | os.PathLike, text: str) -> None:
+    # Written beside the destination, then renamed: a reader never sees half a report.
+    path = os.fspath(path)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(partial, path)

@@ -1,0 +1,85 @@
+"""The file-level transfer the CLI runs: open inputs, plan, gate, write reports, apply, write OUT."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import OutputError
+from .io import open_checkpoint
+from .io.writer import check_output_path, write_state_dict
+from .transfer import TransferOptions, check_gates, plan_transfer
+from .specs import specs_of
+
+
+class TransferJob:
+    """SOURCE into a template checkpoint (streamed file to file) or a live model (then written to OUT)."""
+
+    def __init__(self, source: str, options: TransferOptions, *, template: str | None = None,
+                 model_spec: str | None = None, model_kwargs: str | None = None, model_path: str | None = None,
+                 out: str | None = None, force: bool = False) -> None:
+        self.source_path = source
+        self.options = options
+        self.template_path = template
+        self.model_spec, self.model_kwargs, self.model_path = model_spec, model_kwargs, model_path
+        self.out = out
+        self.force = force
+
+    def _inputs(self) -> dict[str, str]:
+        inputs = {"source": self.source_path}
+        if self.template_path:
+            inputs["target"] = self.template_path
+        if self.model_spec:
+            inputs["model"] = self.model_spec
+            inputs["model_kwargs"] = self.model_kwargs or "{}"
+        return inputs
+
+    def run(self, *, dry_run: bool = False, report_json: str | None = None, report_md: str | None = None) -> Any:
+        from .report import Report, report_metadata
+
+        inputs = [p for p in (self.source_path, self.template_path) if p]
+        if self.out and not dry_run:
+            check_output_path(self.out, inputs=inputs, force=self.force)
+        for report_path in (report_json, report_md):
+            if report_path and any(os.path.abspath(report_path) == os.path.abspath(p) for p in inputs + [self.out or ""]):
+                raise OutputError(f"{report_path}: the report would overwrite an input or OUT; choose another name")
+        source = open_checkpoint(self.source_path, container=self.options.container, trust=self.options.trust)
+        target, label, tied = self._target()
+        target_specs = target.specs if self.template_path else specs_of(target.state_dict())
+        plan = plan_transfer(source.specs, target_specs, self.options, tied)
+        failures = tuple(check_gates(plan, self.options.gates))
+        report = Report(plan, self.source_path, label, source.info, gate_failures=failures, inputs=self._inputs())
+        if failures or dry_run:
+            _save(report, report_json, report_md)
+            return report
+        report = Report(plan, self.source_path, label, source.info, output=self.out, applied=True, inputs=self._inputs())
+        self._write(plan, source, target, report_metadata(report))
+        _save(report, report_json, report_md)
+        return report
+
+    def _target(self) -> tuple[Any, str, list[list[str]]]:
+        if self.template_path:
+            return open_checkpoint(self.template_path), self.template_path, []
+        from .apply import tied_groups
+        from .cli.options import load_model
+
+        model = load_model(self.model_spec, self.model_kwargs, self.model_path)
+        return model, f"--model {self.model_spec}", tied_groups(model)
+
+    def _write(self, plan: Any, source: Any, target: Any, metadata: dict[str, str]) -> None:
+        from .apply import apply_to_model, write_plan
+
+        if self.template_path:
+            write_plan(plan, source, target, self.out, seed=self.options.seed, metadata=metadata)
+            return
+        apply_to_model(plan, source, target, seed=self.options.seed)
+        write_state_dict(self.out, target.state_dict(), metadata=metadata, inputs=[self.source_path], force=True)
+
+
+def _save(report: Any, report_json: str | None, report_md: str | None) -> None:
+    if report_json:
+        report.save_json(report_json)
+    if report_md:
+        report.save_markdown(report_md)
+
+
