@@ -10,7 +10,7 @@ import zlib
 from typing import Any, Callable, Mapping
 
 from .errors import MappingError
-from .plan import COPY, INIT, KEEP_TARGET, RESIZE, Plan, Step
+from .plan import COPY, INIT, KEEP_TARGET, RESIZE, Plan, Step, is_bookkeeping
 
 DEFAULT_SEED = 0
 
@@ -35,10 +35,15 @@ def tensor_for_step(step: Step, source: Mapping[str, Any], initial: Callable[[],
     if step.action == COPY:
         return source[step.source].to(_dtype(step.target_dtype))
     if step.action == RESIZE:
+        import torch
+
         from .resize import resize_tensor
 
         base = _initialised(step.fill or KEEP_TARGET, step, initial, seed)
-        return resize_tensor(step.method, source[step.source], base).to(_dtype(step.target_dtype))
+        tensor = source[step.source]
+        # Resize in the wider dtype: an fp16 source must not round the target values a resize keeps.
+        common = torch.promote_types(tensor.dtype, base.dtype)
+        return resize_tensor(step.method, tensor.to(common), base.to(common)).to(_dtype(step.target_dtype))
     if step.action == INIT:
         return _initialised(step.method or KEEP_TARGET, step, initial, seed)
     raise MappingError(f"{step.target}: unknown plan action {step.action!r}")
@@ -47,6 +52,10 @@ def tensor_for_step(step: Step, source: Mapping[str, Any], initial: Callable[[],
 def _initialised(method: str, step: Step, initial: Callable[[], Any], seed: int | None) -> Any:
     like = initial()
     if method == KEEP_TARGET:
+        if like.is_meta and is_bookkeeping(step.target):
+            import torch
+
+            return torch.zeros(like.shape, dtype=like.dtype)  # a counter that starts fresh starts at 0
         if like.is_meta:
             raise MappingError(f"{step.target}: the target is on the meta device, so it has no initial values for "
                                f"this new tensor; give one with --init '{step.target}=normal' (or zeros, ones, ...)")
@@ -66,7 +75,27 @@ def apply_to_model(plan: Plan, source: Mapping[str, Any], model: Any, *, seed: i
     new_state = {step.target: tensor_for_step(step, source, lambda n=step.target: current[n], seed)
                  for step in plan.steps}
     on_meta = any(tensor.is_meta for tensor in current.values())
-    model.load_state_dict(new_state, strict=True, assign=on_meta)
+    if not on_meta:
+        model.load_state_dict(new_state, strict=True)
+        return
+    # assign=True makes these tensors the model's own: copies, so that training the model never writes
+    # into the source (a caller's state dict, or the checkpoint's memory map). assign also unties tied
+    # weights, so they are tied again afterwards.
+    tied = tied_groups(model)
+    model.load_state_dict({name: tensor.clone() for name, tensor in new_state.items()}, strict=True, assign=True)
+    _retie(model, tied)
+
+
+def _retie(model: Any, groups: list[list[str]]) -> None:
+    """Register one tensor under every name of each tied group again (the last one, as in-place loading
+    leaves the value last written)."""
+    for names in groups:
+        *_, last = names
+        prefix, _, leaf = last.rpartition(".")
+        shared = getattr(model.get_submodule(prefix), leaf)
+        for name in names[:-1]:
+            prefix, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(prefix), leaf, shared)
 
 
 def tied_groups(model: Any) -> list[list[str]]:

@@ -7,7 +7,7 @@ one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 # Step actions
 COPY = "copy"        # the source tensor as is (cast to the target dtype if they differ)
@@ -32,9 +32,8 @@ DROPPED = "dropped by rule"
 KEEP_TARGET = "target"    # init method: keep whatever the target's constructor produced
 
 
-@dataclass(frozen=True)
-class Step:
-    """What one target key receives."""
+class Step(NamedTuple):
+    """What one target key receives. (A NamedTuple: plans of 100k keys are built in well under a second.)"""
 
     target: str
     action: str
@@ -57,8 +56,7 @@ class Step:
         return self.source_dtype is not None and self.source_dtype != self.target_dtype
 
 
-@dataclass(frozen=True)
-class Unused:
+class Unused(NamedTuple):
     """A source key no target key uses, and why."""
 
     source: str

@@ -14,7 +14,7 @@ JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
             numel_from_source},
     headline, coverage [{module, transferred, total}],
     targets [{target, action, source, strategy, method, source_shape, target_shape, source_dtype,
-              target_dtype, reason}]   one per plan step, in plan order; shapes are lists or null
+              target_dtype, fill, reason}]   one per plan step, in plan order; shapes are lists or null
     unused [{source, shape, dtype, reason, detail}],
     ambiguities [{container, chosen, alternative, rename_rule}],
     warnings [str], gate_failures [str]
@@ -182,7 +182,7 @@ def _step_dict(step: Step) -> dict[str, Any]:
             "method": step.method,
             "source_shape": list(step.source_shape) if step.source_shape is not None else None,
             "target_shape": list(step.target_shape), "source_dtype": step.source_dtype,
-            "target_dtype": step.target_dtype, "reason": step.reason}
+            "target_dtype": step.target_dtype, "fill": step.fill, "reason": step.reason}
 
 
 def _shaped_names(named: dict[str, tuple[int, ...]]) -> str:

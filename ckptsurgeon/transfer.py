@@ -67,6 +67,11 @@ def _source_checkpoint(source: Any, options: TransferOptions) -> tuple[Mapping[s
         checkpoint = open_checkpoint(source, container=options.container, trust=options.trust)
         return checkpoint, os.fspath(source), checkpoint.info
     if isinstance(source, Mapping):
+        odd = next((key for key, value in source.items() if not hasattr(value, "shape")), None)
+        if odd is not None:
+            raise MappingError(f"source is a dict, but {odd!r} holds a {type(source[odd]).__name__}, not a tensor; "
+                               f"pass the checkpoint's path (the reader finds the state dict in it) or the state "
+                               f"dict itself")
         return source, "<state dict>", None
     raise MappingError(f"source must be a checkpoint path, a Checkpoint or a state dict, not {type(source).__name__}")
 

@@ -192,7 +192,7 @@ def test_json_lists_every_step_and_round_trips():
     assert data["targets"][5] == {
         "target": "backbone.dark3.2.conv.weight", "action": "copy", "source": "backbone.dark2.2.conv.weight",
         "strategy": "rename", "method": None, "source_shape": [16, 16, 3, 3], "target_shape": [16, 16, 3, 3],
-        "source_dtype": "float32", "target_dtype": "float32", "reason": "same name"}
+        "source_dtype": "float32", "target_dtype": "float32", "fill": None, "reason": "same name"}
     assert data["targets"][2]["source_shape"] is None
     assert len(data["unused"]) == 6 and data["unused"][0] == {
         "source": "aux.fc.weight", "shape": [1000, 2048], "dtype": "float32", "reason": "no match",

@@ -45,9 +45,9 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
     from ..transfer_job import TransferJob
 
     if (template is None) == (model_spec is None):
-        raise click.UsageError("give the target as either --target TEMPLATE or --model MODULE:CALLABLE")
+        _fail_usage("give the target as either --target TEMPLATE or --model MODULE:CALLABLE")
     if out is None and not dry_run:
-        raise click.UsageError("give -o OUT, or --dry-run to only see the plan")
+        _fail_usage("give -o OUT, or --dry-run to only see the plan")
     options = TransferOptions(rename, resize, init_rules, order_fallback, container, trust, seed,
                               Gates(strict, allow_unused, allow_new, min_coverage))
     job = TransferJob(source, options, template=template, model_spec=model_spec, model_kwargs=model_kwargs,
@@ -57,3 +57,9 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
     if report.gate_failures:
         click.echo(f"error: gate failed, {out or 'OUT'} not written: {'; '.join(report.gate_failures)}", err=True)
         raise click.exceptions.Exit(3)
+
+
+def _fail_usage(message: str) -> None:
+    # One line and exit 2, like every other bad input (the group prints SurgeonErrors the same way).
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(2)

@@ -48,11 +48,11 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
     found = match_structure(rest.values(), free_targets.values(), EXACT)
     if order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
-    pairs = {t: (provenance[s].original, _strategy(how, provenance[s])) for t, (s, how) in found.pairs.items()}
+    pairs = {t: _provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
-    ambiguous = {provenance[n].original for n in found.ambiguous_sources if n in provenance}
+    ambiguous = {_original(n, provenance) for n in found.ambiguous_sources}
     paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
     unused = _unused(source, steps, dropped, ambiguous, paired)
     return Plan(steps, unused, tuple(found.ambiguities), move, options)
@@ -65,6 +65,8 @@ def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, Tenso
 
     Returns (pinned target -> source, remaining specs by name, their provenance, dropped source keys).
     """
+    if not texts:
+        return {}, dict(source), {}, set()
     rules = [parse_rename(text) for text in texts]
     pinned: dict[str, str] = {}
     rest: dict[str, TensorSpec] = {}
@@ -75,16 +77,28 @@ def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, Tenso
         if not new:
             dropped.add(name)
             continue
-        taken = pinned.get(new) if new != name and new in target else (provenance[new].original if new in rest else None)
+        taken = pinned.get(new) if new != name and new in target else (_original(new, provenance) if new in rest else None)
         if taken is not None:
             raise MappingError(f"--rename gives two source keys the same name {new!r}: {taken!r} and {name!r}; "
                                f"make the rule more specific")
         if new != name and new in target:
             pinned[new] = name
+        elif new == name:
+            rest[new] = spec
         else:
             rest[new] = spec.with_name(new)
-            provenance[new] = Provenance(name, by_rule=new != name)
+            provenance[new] = Provenance(name, by_rule=True)
     return pinned, rest, provenance, dropped
+
+
+def _original(name: str, provenance: Mapping[str, Provenance]) -> str:
+    origin = provenance.get(name)
+    return name if origin is None else origin.original
+
+
+def _provenance_pair(name: str, how: str, provenance: Mapping[str, Provenance]) -> tuple[str, str]:
+    origin = provenance.get(name)
+    return (name, how) if origin is None else (origin.original, _strategy(how, origin))
 
 
 def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance], move: tuple[str, str]
@@ -95,8 +109,14 @@ def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance],
         new = moved_name(name, move)
         if new in moved_specs:  # the move would merge two keys: keep the names as they were
             return named, provenance
+        if new == name:
+            moved_specs[new] = spec
+            if name in provenance:
+                moved_provenance[new] = provenance[name]
+            continue
+        origin = provenance.get(name)
         moved_specs[new] = spec.with_name(new)
-        moved_provenance[new] = Provenance(provenance[name].original, provenance[name].by_rule, new != name)
+        moved_provenance[new] = Provenance(origin.original if origin else name, bool(origin and origin.by_rule), True)
     return moved_specs, moved_provenance
 
 
@@ -142,9 +162,10 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
         return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=why + note)
     original, strategy = pair
     source = source_specs[original]
-    common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
     if source.shape == spec.shape:
-        return Step(name, COPY, spec.shape, spec.dtype, reason=_copy_reason(strategy, original, name), **common)
+        return Step(name, COPY, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, None,
+                    _copy_reason(strategy, original, name))
+    common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
     fill, note = _init_for(spec, init_rules)
     mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
     rule = first_match(resize_rules, name)
@@ -161,13 +182,15 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
                 reason=f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, **common)
 
 
+_COPY_REASONS = {EXACT: "same name and shape", RENAME: "renamed by rule from {source}",
+                 PREFIX: "prefix moved from {source}", TIED: "tied to a target key loaded from {source}"}
+
+
 def _copy_reason(strategy: str, source: str, target: str) -> str:
-    return {
-        EXACT: "same name and shape",
-        RENAME: f"renamed by rule from {source}",
-        PREFIX: f"prefix moved from {source}",
-        TIED: f"tied to a target key loaded from {source}",
-    }.get(strategy, f"{strategy}: {source} -> {target}")
+    if strategy == EXACT:
+        return _COPY_REASONS[EXACT]
+    template = _COPY_REASONS.get(strategy, "{strategy}: {source} -> {target}")
+    return template.format(strategy=strategy, source=source, target=target)
 
 
 def _unused(source: Mapping[str, TensorSpec], steps: tuple[Step, ...], dropped: set[str], ambiguous: set[str],

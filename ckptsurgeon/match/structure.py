@@ -14,49 +14,80 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..plan import ALIGN, SIGNATURE, Ambiguity, is_bookkeeping
+from ..plan import ALIGN, SIGNATURE, Ambiguity
 from ..specs import TensorSpec
 
 MAX_DP_CELLS = 250_000
 
 
-@dataclass(eq=False)
+_NO_CHILDREN: dict = {}
+
+
 class Node:
-    path: str
-    tensors: dict[str, TensorSpec] = field(default_factory=dict)
-    children: dict[str, "Node"] = field(default_factory=dict)
-    sig: int = 0     # whole-subtree signature: names and shapes (bookkeeping counters left out)
-    kind: int = 0    # the same without shapes: "the same kind of module"
+    """A module: its own tensors and its children. ``sig`` is the whole-subtree signature (relative names
+    and shapes, bookkeeping counters left out); ``kind`` the same without shapes, computed on demand."""
+
+    __slots__ = ("path", "shapes", "counters", "children", "sig", "_kind")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.shapes: dict[str, tuple[int, ...]] = {}   # own tensors that make the signature
+        self.counters: tuple[str, ...] = ()             # own bookkeeping tensors (num_batches_tracked)
+        self.children: dict[str, Node] = _NO_CHILDREN
+        self.sig = 0
+        self._kind: int | None = None
+
+    @property
+    def tensors(self) -> list[str]:
+        return [*self.shapes, *self.counters]
 
     def child_path(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
     def key(self, leaf: str) -> str:
-        return self.child_path(leaf)
+        return f"{self.path}.{leaf}" if self.path else leaf
+
+    @property
+    def kind(self) -> int:
+        """"The same kind of module": the signature without shapes."""
+        if self._kind is None:
+            self._kind = hash((frozenset(self.shapes), frozenset((n, c.kind) for n, c in self.children.items())))
+        return self._kind
 
 
 def build_tree(specs: Iterable[TensorSpec]) -> Node:
     root = Node("")
+    nodes = {"": root}
     for spec in specs:
-        node = root
-        *parents, leaf = spec.name.split(".")
-        for part in parents:
-            child = node.children.get(part)
-            if child is None:
-                child = node.children[part] = Node(node.child_path(part))
-            node = child
-        node.tensors[leaf] = spec
+        path, _, leaf = spec.name.rpartition(".")
+        node = nodes.get(path)
+        if node is None:
+            node = _node_at(path, nodes)
+        if leaf == "num_batches_tracked":
+            node.counters += (leaf,)
+        else:
+            node.shapes[leaf] = spec.shape
     _sign(root)
     return root
 
 
+def _node_at(path: str, nodes: dict[str, Node]) -> Node:
+    parent_path, _, name = path.rpartition(".")
+    parent = nodes.get(parent_path) or _node_at(parent_path, nodes)
+    if parent.children is _NO_CHILDREN:
+        parent.children = {}
+    node = parent.children[name] = nodes[path] = Node(path)
+    return node
+
+
 def _sign(node: Node) -> None:
-    for child in node.children.values():
-        _sign(child)
-    own = sorted((leaf, spec.shape) for leaf, spec in node.tensors.items() if not is_bookkeeping(leaf))
-    kids = sorted((name, child.sig, child.kind) for name, child in node.children.items())
-    node.sig = hash((tuple(own), tuple((n, s) for n, s, _ in kids)))
-    node.kind = hash((tuple(leaf for leaf, _ in own), tuple((n, k) for n, _, k in kids)))
+    # frozensets: order-free, so no sorting; children contribute (name, signature)
+    if node.children:
+        for child in node.children.values():
+            _sign(child)
+        node.sig = hash((frozenset(node.shapes.items()), frozenset((n, c.sig) for n, c in node.children.items())))
+    else:
+        node.sig = hash(frozenset(node.shapes.items()))
 
 
 def is_index(name: str) -> bool:
@@ -75,8 +106,12 @@ class Matcher:
         self.result = StructureMatch()
 
     def match(self, source: Node, target: Node, strategy: str) -> None:
+        if source.sig == target.sig:
+            self._match_identical(source, target, strategy, source.path == target.path)
+            return
+        own = source.tensors
         for leaf in target.tensors:
-            if leaf in source.tensors:
+            if leaf in own:
                 self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
         s_named = {n: c for n, c in source.children.items() if not is_index(n)}
         t_named = {n: c for n, c in target.children.items() if not is_index(n)}
@@ -89,6 +124,20 @@ class Matcher:
         t_seq = sorted(((int(n), c) for n, c in target.children.items() if is_index(n)), key=lambda p: p[0])
         if s_seq and t_seq:
             self._align(s_seq, t_seq, target, strategy)
+
+    def _match_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
+        """Equal signatures: the same relative names all the way down, so pair by name without searching."""
+        pairs = self.result.pairs
+        for leaf in target.shapes:
+            key = target.key(leaf)
+            pairs[key] = (key if same_path else source.key(leaf), strategy)
+        for leaf in target.counters:  # bookkeeping counters are not in the signature
+            if leaf in source.counters:
+                pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        for name, child in target.children.items():
+            other = source.children.get(name)
+            if other is not None:
+                self._match_identical(other, child, strategy, same_path)
 
     def _align(self, s_seq: list[tuple[int, Node]], t_seq: list[tuple[int, Node]], parent: Node, strategy: str) -> None:
         a = [node.sig for _, node in s_seq]
