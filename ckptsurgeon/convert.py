@@ -30,6 +30,7 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, 
     target_dtype = normalize_dtype(dtype) if dtype else None
     output = check_output_path(output, inputs=[source], force=force)
     with open_checkpoint(source, container=container, trust=trust) as checkpoint:
+        check_output_path(output, inputs=_input_files(checkpoint.info), force=force)  # a folder's files, shards
         specs = [_converted(spec, target_dtype) for spec in checkpoint.specs.values()]
         produce = {spec.name: _producer(checkpoint, spec) for spec in specs}
         unchanged = {spec.name for spec in specs if spec.dtype == checkpoint.specs[spec.name].dtype}
@@ -39,6 +40,11 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, 
                        raw=lambda name: checkpoint.raw_bytes(name) if name in unchanged else None)
         cast = len(specs) - len(unchanged)
         return ConvertResult(checkpoint.info, output, len(specs), cast, sum(s.nbytes for s in specs))
+
+
+def _input_files(info: CheckpointInfo) -> list[str]:
+    folder = os.path.dirname(info.path)
+    return [info.path] + [os.path.join(folder, shard) for shard in info.shards]
 
 
 def _converted(spec: TensorSpec, dtype: str | None) -> TensorSpec:

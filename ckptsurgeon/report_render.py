@@ -7,7 +7,6 @@ the terminal and Markdown renderers only lay them out.
 from __future__ import annotations
 
 import json
-import shlex
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .plan import AMBIGUOUS, DROPPED, INIT, KEEP_TARGET, NO_MATCH, RESIZE, SHAPE_MISMATCH, Step, is_bookkeeping
@@ -148,10 +147,6 @@ def unused_rows(report: "Report") -> list[tuple[str, str, str]]:
     return [(reason, line, detail) for (reason, detail), names in ordered for line in group_names(names)]
 
 
-def rename_hint(rule: str) -> str:
-    return f"--rename '{rule}'" if "'" not in rule else f"--rename {shlex.quote(rule)}"
-
-
 # -- terminal ------------------------------------------------------------------------------------------
 
 def _painter(on: bool) -> Paint:
@@ -259,7 +254,7 @@ def _keys(steps: Iterable[Step]) -> int:
 
 def _ambiguity_lines(report: "Report") -> list[str]:
     return [f"{a.container or ROOT}: took {a.chosen}; the other reading: {a.alternative}"
-            + (f"; to take it use {rename_hint(a.rename_rule)}" if a.rename_rule else "")
+            + (f"; to take it use {a.rename_rule}" if a.rename_rule else "")
             for a in report.plan.ambiguities]
 
 
@@ -305,7 +300,7 @@ def render_markdown(report: "Report") -> str:
                     [(_cell(s, True), r, _cell(d)) for r, s, d in unused_rows(report)])
     lines += _table("Ambiguous", ("container", "chosen", "alternative", "rename rule"),
                     [(_cell(a.container or ROOT, True), _cell(a.chosen), _cell(a.alternative),
-                      _cell(rename_hint(a.rename_rule), True) if a.rename_rule else "")
+                      _cell(a.rename_rule, True) if a.rename_rule else "")
                      for a in plan.ambiguities])
     for title, items in (("Warnings", report.warnings()), ("Gate failures", list(report.gate_failures))):
         if items:

@@ -92,6 +92,18 @@ def test_stub_module_is_a_module_candidate() -> None:
     assert (candidate.path, candidate.kind, list(candidate.tensors)) == ("model", "module", ["w"])
 
 
+def test_stub_dict_subclass_items_are_a_state_dict() -> None:
+    cls = type("AttrDict", (Stub,), {"stub_global": "pkg.AttrDict"})
+    inner, outer = cls(), cls()
+    for name, value in state("a", "b").items():
+        inner[name] = value
+    outer["model"] = inner
+    outer["epoch"] = 3
+    (candidate,) = find_candidates(outer)
+    assert (candidate.path, list(candidate.tensors)) == ("model", ["a", "b"])
+    assert paths(find_candidates({"w": ref(1), "nested": inner})) == ["nested"]
+
+
 def test_real_module_uses_its_state_dict() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 3))
     (candidate,) = find_candidates({"model": model})

@@ -362,7 +362,7 @@ def test_official_yolov7_layout(tmp_path: Path) -> None:
 # --- legacy (pre-zip) torch files ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
 def test_legacy_state_dict(tmp_path: Path, protocol: int) -> None:
     sd = make_state()
     torch.save({"state_dict": sd, "epoch": 1}, tmp_path / "old.pth", _use_new_zipfile_serialization=False,
@@ -418,6 +418,42 @@ def test_flat_numpy_pickle(tmp_path: Path) -> None:
         assert list(checkpoint) == list(arrays)
         assert checkpoint.specs["half"] == TensorSpec("half", (2, 2), "float16")
         assert torch.equal(checkpoint["transposed"], torch.from_numpy(arrays["transposed"].copy()))
+
+
+def test_numpy_arrays_that_are_not_numbers_are_left_out(tmp_path: Path) -> None:
+    arrays = {"w": np.ones((2, 2), np.float32), "classes": np.array(["cat", "dog"]),
+              "misc": np.array([1, "x"], dtype=object), "scale": np.float32(0.5)}
+    with open(tmp_path / "mixed.pkl", "wb") as handle:
+        pickle.dump({"model": arrays}, handle)
+    with open_checkpoint(tmp_path / "mixed.pkl") as checkpoint:
+        assert list(checkpoint) == ["w", "scale"]
+        assert checkpoint["scale"].dtype == torch.float32 and float(checkpoint["scale"]) == 0.5
+
+
+DICT_SUBCLASS_SOURCE = '''
+import collections
+
+
+class CustomStateDict(collections.OrderedDict):
+    pass
+
+
+class AttrDict(dict):
+    pass
+'''
+
+
+def test_dict_subclass_from_a_missing_module(tmp_path: Path) -> None:
+    """A state dict held in a dict subclass whose module is gone still yields its tensors, in order."""
+    sd = make_state()
+    with temporary_module(tmp_path, DICT_SUBCLASS_SOURCE) as module:
+        torch.save(module.CustomStateDict(sd), tmp_path / "custom.pt")
+        torch.save({"model": module.AttrDict(sd), "meta": module.AttrDict(epoch=3)}, tmp_path / "attr.pt")
+    for name, container in (("custom.pt", ""), ("attr.pt", "model")):
+        with open_checkpoint(tmp_path / name) as checkpoint:
+            assert_same(checkpoint, sd)
+            assert checkpoint.info.container == container
+            assert len(checkpoint.info.stubbed_globals) == 1
 
 
 # --- safetensors, sharded folders, .bin ----------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_render_sections_and_source_lines():
 
 def test_ambiguity_and_gate_failures_render_last():
     plan_extra = {"ambiguities": (Ambiguity("neck.blocks", "block inserted at 1", "block inserted at 2",
-                                            "neck.blocks.1=>neck.blocks.2"),)}
+                                            "--rename 'neck.blocks.1=>neck.blocks.2'"),)}
     report = Report(detector_plan(**plan_extra), "a.pt", "Net", gate_failures=("coverage 76.5% < 90%",))
     text = report.render()
     assert ("  neck.blocks: took block inserted at 1; the other reading: block inserted at 2; "
@@ -215,7 +215,7 @@ def test_save_json_and_markdown(tmp_path):
 
 
 def test_markdown_tables():
-    md = detector_report(ambiguities=(Ambiguity("neck", "a", "b", "x=>y"),)).to_markdown()
+    md = detector_report(ambiguities=(Ambiguity("neck", "a", "b", "--rename 'x=>y'"),)).to_markdown()
     assert md.startswith("# ckptsurgeon transfer report\n\n**" + HEADLINE.replace("unused;", "unused, 1 ambiguous;"))
     for line in ("- prefixes stripped: `module.`", "| module | transferred | total | coverage |", "| `backbone` | 7 | 7 | 100.0% |",
                  "## Renamed / moved", "| rename | `backbone.dark2.*` | `backbone.dark3.*` |",

@@ -236,3 +236,16 @@ def test_trust_runs_real_classes_and_gives_the_same_tensors(tmp_path: Path) -> N
         assert list(tensors) == list(expected)
         assert all(torch.equal(tensors[name], expected[name]) for name in expected)
 
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*TorchScript archive:UserWarning")
+def test_torchscript_needs_trust_and_then_reads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 3)))
+    torch.jit.save(scripted, tmp_path / "scripted.pt")
+    with pytest.raises(CheckpointFormatError, match=r"__torch__\.torch\.nn\.modules\.linear\.Linear.*--trust"):
+        open_checkpoint(tmp_path / "scripted.pt")
+    with open_checkpoint(tmp_path / "scripted.pt", trust=True) as checkpoint:
+        expected = scripted.state_dict()
+        assert list(checkpoint) == list(expected)
+        assert all(torch.equal(checkpoint[name], expected[name]) for name in expected)

@@ -120,6 +120,14 @@ def test_modulelist_insert_is_reported_ambiguous_and_its_rename_rule_loads_the_s
     assert torch.isfinite(model(torch.randn(2, 4, 9))).all()
 
 
+def test_report_shows_the_rename_rule_of_an_ambiguity_once():
+    old = ModuleListNet(n=4).state_dict()
+    report = transfer(old, ModuleListNet(n=4, insert_at=3), dry_run=True)
+    rule = r"--rename '^layers\.3\.=layers.4.'"
+    assert f"to take it use {rule}" in report.render()
+    assert f"`{rule}`" in report.to_markdown()
+
+
 @pytest.mark.parametrize("insert_at", [3, 13, 33])
 def test_official_flat_layout_shifts_every_later_layer(insert_at):
     old_model = official_yolov7.Model(num_classes=2, width=4)
@@ -402,7 +410,8 @@ class TiedHead(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.embed = nn.Embedding(5, 3)
+        # Linear rather than Embedding: building an Embedding on the meta device imports torch._dynamo (seconds).
+        self.embed = nn.Linear(3, 5, bias=False)
         self.head = nn.Linear(3, 5, bias=False)
         self.head.weight = self.embed.weight
 

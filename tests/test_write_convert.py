@@ -160,7 +160,7 @@ def test_failure_while_streaming_tensors_leaves_nothing(tmp_path: Path, monkeypa
 
     original = writer.tensor_bytes
     monkeypatch.setattr(writer, "tensor_bytes", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"out\.safetensors: writing failed \(disk full\); nothing was written"):
         convert_checkpoint(source, tmp_path / "out.safetensors", dtype="fp16")
     assert not (tmp_path / "out.safetensors").exists()
     assert leftovers(tmp_path) == []
@@ -216,3 +216,50 @@ def test_convert_safetensors_copies_bytes_without_torch_casts(tmp_path: Path) ->
     assert result.cast == 0
     assert load_file(tmp_path / "out.safetensors").keys() == sd.keys()
     assert all(torch.equal(load_file(tmp_path / "out.safetensors")[k], v) for k, v in sd.items())
+
+
+def test_output_is_an_ordinary_file(tmp_path: Path) -> None:
+    """The temporary file is created owner-only; the finished output follows the umask like any file."""
+    mask = os.umask(0o022)
+    try:
+        write_state_dict(tmp_path / "out.safetensors", {"w": torch.ones(2)})
+        write_state_dict(tmp_path / "out.pt", {"w": torch.ones(2)})
+    finally:
+        os.umask(mask)
+    assert oct(os.stat(tmp_path / "out.safetensors").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(tmp_path / "out.pt").st_mode & 0o777) == oct(0o644)
+
+
+def test_pt_output_does_not_copy_shared_storages(tmp_path: Path) -> None:
+    """Tensors viewing one large storage (a flat parameter buffer) are written at their own size."""
+    flat = torch.arange(50_000.0)
+    sd = {"a": flat[:10], "b": flat[10:20], "c": flat[20:30].view(2, 5).t()}
+    torch.save(sd, tmp_path / "flat.pt")
+    convert_checkpoint(tmp_path / "flat.pt", tmp_path / "out.pt")
+    assert os.path.getsize(tmp_path / "out.pt") < 10_000
+    plain = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert list(plain) == list(sd) and all(torch.equal(plain[k], v) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("layout", ["sharded", "folder"])
+def test_output_inside_a_folder_input_is_refused(tmp_path: Path, layout: str) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    sd = {"a": torch.ones(2), "b": torch.zeros(2)}
+    if layout == "sharded":
+        save_file({"a": sd["a"]}, tmp_path / "s1.safetensors")
+        save_file({"b": sd["b"]}, tmp_path / "s2.safetensors")
+        (tmp_path / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+        victim = tmp_path / "s2.safetensors"
+    else:
+        torch.save(sd, tmp_path / "pytorch_model.bin")
+        victim = tmp_path / "pytorch_model.bin"
+    before = victim.read_bytes()
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path), str(victim), "--force"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {victim}: the output is also an input; write to another file\n"
+    assert victim.read_bytes() == before
+    assert leftovers(tmp_path) == []

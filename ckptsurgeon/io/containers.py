@@ -39,14 +39,23 @@ class Candidate:
         return any(part in EMA_CONTAINERS for part in self.path.split("."))
 
 
+NUMERIC_KINDS = frozenset("biufc")  # numpy dtype kinds torch can hold: bool, ints, floats, complex
+
+
 def is_tensor_like(value: Any) -> bool:
     if isinstance(value, TensorRef):
         return True
-    kind = type(value)
-    return kind.__module__.startswith(("torch", "numpy")) and hasattr(value, "shape") and hasattr(value, "dtype")
+    module = type(value).__module__
+    if not (module.startswith(("torch", "numpy")) and hasattr(value, "shape") and hasattr(value, "dtype")):
+        return False
+    # numpy arrays of strings or objects (class names, metadata) are not tensors
+    return not module.startswith("numpy") or getattr(value.dtype, "kind", None) in NUMERIC_KINDS
 
 
 def is_module_like(value: Any) -> bool:
+    if not isinstance(value, Stub) and all(callable(getattr(type(value), name, None))
+                                           for name in ("state_dict", "named_parameters", "named_modules")):
+        return True  # a real nn.Module (trusted loads only), including TorchScript modules
     state = getattr(value, "__dict__", None)
     return isinstance(state, dict) and isinstance(state.get("_modules"), Mapping) \
         and isinstance(state.get("_parameters"), Mapping)
@@ -85,11 +94,15 @@ def _as_state_dict(value: Any) -> dict[str, Any] | None:
         return None
     tensors: dict[str, Any] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or isinstance(item, Mapping) or is_module_like(item):
+        if not isinstance(key, str) or isinstance(item, Mapping) or is_module_like(item) or _stub_mapping(item):
             return None
         if is_tensor_like(item):
             tensors[key] = item
     return tensors or None
+
+
+def _stub_mapping(value: Any) -> bool:
+    return isinstance(value, Stub) and "_stub_items" in value.__dict__
 
 
 def find_candidates(root: Any) -> list[Candidate]:
@@ -103,12 +116,12 @@ def _walk(value: Any, path: str, depth: int) -> Iterator[Candidate]:
         if tensors:
             yield Candidate(path, "module", tensors)
         return
+    if _stub_mapping(value):
+        value = value.__dict__["_stub_items"]  # a dict subclass from an unknown module: its items
     tensors = _as_state_dict(value)
     if tensors is not None:
         yield Candidate(path, "state_dict", tensors)
         return
-    if isinstance(value, Stub) and "_stub_items" in value.__dict__:
-        value = value.__dict__["_stub_items"]
     if not isinstance(value, Mapping) or depth >= MAX_DEPTH:
         return
     for key, item in value.items():

@@ -11,7 +11,7 @@ from ..errors import CheckpointFormatError, ContainerError
 from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
 from .containers import Candidate, choose_candidate, find_candidates, strip_wrapper_prefixes
 from .records import MappedRecords, RecordStore, file_size
-from .safetensors_file import read_safetensors_header
+from .safetensors_file import MAX_HEADER, read_safetensors_header
 from .tensors import contiguous_bytes, materialize
 from .torchfile import LEGACY_MAGIC, Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
 from .unpickler import TensorRef
@@ -132,8 +132,8 @@ def detect_format(path: str) -> str:
         return "torch-zip"
     if _is_legacy_torch(head):
         return "torch-legacy"
-    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
-        return "safetensors"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= MAX_HEADER:
+        return "safetensors"  # a header length past the end is reported as truncation by the header reader
     if head.lstrip()[:1] in (b"{", b"["):
         raise CheckpointFormatError(f"{path}: a JSON file, not a checkpoint (a sharded index must end in .index.json)")
     if head[:1] == b"\x80" or head[:1] in b"(]}cK":

@@ -38,17 +38,29 @@ def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
 def atomic_output(path: str) -> Iterator[BinaryIO]:
     """Yield a temporary file in the target's folder; on success fsync it and rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".ckptsurgeon-", suffix=".tmp", dir=folder)
     try:
+        fd, temp = tempfile.mkstemp(prefix=".ckptsurgeon-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create a file in {folder} ({exc})") from exc
+    try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp makes it owner-only; the output should be an ordinary file
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        if isinstance(exc, OSError):  # disk full, permissions: the user's to fix, not a bug
+            raise OutputError(f"{path}: writing failed ({exc}); nothing was written") from exc
         raise
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def is_safetensors_path(path: str) -> bool:
@@ -88,8 +100,16 @@ def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Cal
         else:
             import torch
 
-            torch.save({spec.name: produce[spec.name]() for spec in specs}, handle)
+            torch.save({spec.name: _compact(produce[spec.name]()) for spec in specs}, handle)
     return path
+
+
+def _compact(tensor: Any) -> Any:
+    """The tensor on a storage of its own size: torch.save writes whole storages, and a tensor read from a
+    file may view a record shared with many others (a flat parameter buffer)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.contiguous().clone() if tensor.is_contiguous() else tensor.contiguous()
+    return tensor
 
 
 def _bytes_of(name: str, produce: Mapping[str, Callable[[], Any]], raw: Callable[[str], memoryview | None] | None) -> memoryview:
