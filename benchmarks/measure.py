@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -182,15 +182,20 @@ def _run_once(cmd: Sequence[str], env: Mapping[str, str] | None) -> _Run:
                 proc.returncode, stdout.text(), stderr.text())
 
 
-def measure(cmd: list[str], *, repeat: int = 3, env: Mapping[str, str] | None = None) -> Result:
+def measure(cmd: list[str], *, repeat: int = 3, env: Mapping[str, str] | None = None,
+            setup: Callable[[], object] | None = None) -> Result:
     """Run ``cmd`` ``repeat`` times; median wall time, max peak RssAnon.
 
+    ``setup``, when given, is called before each run, outside the measurement (e.g. to delete
+    the previous run's output or to warm the page cache).
     Raises CommandError as soon as one run exits with a non-zero status.
     """
     if repeat < 1:
         raise ValueError("repeat must be >= 1")
     runs: list[_Run] = []
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         run = _run_once(cmd, env)
         if run.returncode != 0:
             raise CommandError(cmd, run.returncode, run.stderr_tail, run.stdout_tail)

@@ -18,7 +18,7 @@ _PUBLIC = {
     "diff_checkpoints": "diff", "convert_checkpoint": "convert",
     "make_plan": "match", "Plan": "plan", "Step": "plan", "Unused": "plan", "Ambiguity": "plan",
     "apply_to_model": "apply", "write_plan": "apply",
-    "transfer": "transfer", "check_gates": "transfer", "Gates": "transfer", "TransferOptions": "transfer",
+    "transfer": "engine", "check_gates": "engine", "Gates": "engine", "TransferOptions": "engine",
     "Report": "report", "ReportCounts": "report", "REPORT_SCHEMA": "report", "report_metadata": "report",
     "exact_name_outcome": "baseline",
     "TensorSpec": "specs", "specs_of": "specs",

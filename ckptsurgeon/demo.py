@@ -58,7 +58,7 @@ def _part_netsyolo(folder: str, echo: Echo) -> None:
     from .examples.yolov7 import build_yolov7
     from .io.writer import write_state_dict
     from .report import report_metadata
-    from .transfer import transfer
+    from .engine import transfer
 
     _title(echo, "1. yolov7_weights.pth -> YOLOv7 + SE blocks in the head + CBAM inserted into backbone.dark3")
     pretrained = build_yolov7(num_classes=80, width=WIDTH)
@@ -83,7 +83,7 @@ def _part_official(folder: str, echo: Echo) -> None:
 
     from .examples.official_yolov7 import Model
     from .inspect import inspect_checkpoint
-    from .transfer import transfer
+    from .engine import transfer
 
     _title(echo, "2. official yolov7.pt (whole fp16 model) -> the same model with an SE layer inserted as model.10")
     official = Model(num_classes=80, width=WIDTH)

@@ -16,7 +16,7 @@ from ckptsurgeon.examples.yolov7 import YoloBody
 from ckptsurgeon.io.records import MappedRecords
 from ckptsurgeon.plan import ALIGN, COPY, EXACT, INIT, KEEP_TARGET, PREFIX, RENAME, RESIZE, SHAPE_MISMATCH, TIED
 from ckptsurgeon.resize import resample_pos_embed
-from ckptsurgeon.transfer import transfer
+from ckptsurgeon import transfer
 from standins import ModuleListNet, TinyResNet, TinyViT
 
 SE_KEYS = {f"feat{i}_att.fc.{j}.weight" for i in (1, 2, 3) for j in (0, 2)}

@@ -21,7 +21,7 @@ from ckptsurgeon.cli import cli
 from ckptsurgeon.examples.yolov7 import YoloBody
 from ckptsurgeon.io.reader import Checkpoint
 from ckptsurgeon.io.records import MappedRecords
-from ckptsurgeon.transfer import transfer
+from ckptsurgeon import transfer
 
 KWARGS = {"num_classes": 2, "width": 1, "head_attention": "se", "backbone_insert": "cbam"}
 NEW_KEYS = 9  # 6 SE weights in the head, 3 CBAM weights in dark3

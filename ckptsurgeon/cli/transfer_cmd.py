@@ -41,8 +41,8 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
     exact names, prefix moves and structural alignment (modules inserted or removed); what fits is loaded,
     what a --resize rule covers is resized, the rest keeps the target's values or an --init.
     """
-    from ..transfer import Gates, TransferOptions
-    from ..transfer_job import TransferJob
+    from ..engine import Gates, TransferOptions
+    from ..job import TransferJob
 
     if (template is None) == (model_spec is None):
         _fail_usage("give the target as either --target TEMPLATE or --model MODULE:CALLABLE")

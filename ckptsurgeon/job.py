@@ -8,7 +8,7 @@ from typing import Any
 from .errors import OutputError
 from .io import open_checkpoint
 from .io.writer import check_output_path, write_state_dict
-from .transfer import TransferOptions, check_gates, plan_transfer
+from .engine import TransferOptions, check_gates, plan_transfer
 from .specs import specs_of
 
 
