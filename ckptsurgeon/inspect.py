@@ -6,15 +6,14 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import MappingError
 from .io import CheckpointInfo, open_checkpoint
 from .specs import TensorSpec, format_shape, spec_of
 
 
-@dataclass(frozen=True)
-class TensorRow:
+class TensorRow(NamedTuple):
     spec: TensorSpec
     kind: str | None = None            # "parameter" / "buffer" where known
     requires_grad: bool | None = None  # live models (and pickled modules) only
@@ -78,7 +77,9 @@ def inspect_checkpoint(path: str | os.PathLike, *, container: str | None = None,
     """Inspect a checkpoint file; reads no tensor data."""
     keep = name_filter(pattern, regex=regex)
     with open_checkpoint(path, container=container, trust=trust) as checkpoint:
-        rows = tuple(_checkpoint_row(checkpoint, name) for name in checkpoint if keep(name))
+        module = checkpoint.info.container_kind == "module"
+        rows = tuple(_checkpoint_row(checkpoint, name) if module else TensorRow(checkpoint.specs[name])
+                     for name in checkpoint if keep(name))
         info, total = checkpoint.info, len(checkpoint)
     specs = [row.spec for row in rows]
     return Inspection(os.fspath(path), rows, total, info, pattern, tuple(degenerate_warnings(specs)))

@@ -80,7 +80,7 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
     data = (tmp_path / "full.safetensors").read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[:-40])
-    assert_one_line_error(run("inspect", str(path)), str(path), "'b' needs 400 bytes but its record holds 360")
+    assert_one_line_error(run("inspect", str(path)), str(path), "'b' needs 400 bytes at 528, but the file ends at 888; the file is truncated")
     path.write_bytes(data[:20])
     assert_one_line_error(run("inspect", str(path)), str(path), "past the end of the file")
 

@@ -38,7 +38,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
     else:
         inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
     if as_json:
-        click.echo(json.dumps(inspection_to_json(inspection), indent=2))
+        click.echo(json.dumps(inspection_to_json(inspection)))  # compact: the C encoder, fast at 100k tensors
     elif list_containers:
         click.echo(render_containers(inspection))
     elif tree:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from ..errors import ContainerError
-from .unpickler import Stub, TensorRef
+from .prefixes import WRAPPER_PREFIXES, strip_wrapper_prefixes  # noqa: F401  (re-exported)
+from .refs import TensorRef
+from .unpickler import Stub
 
 # Chosen first to last; anything else found comes after, in file order.
 PREFERRED_CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net", "network",
@@ -22,7 +24,6 @@ EMA_CONTAINERS = frozenset({"ema", "model_ema", "ema_state_dict", "state_dict_em
 # Never state dicts of the model even when their inner dicts hold tensors.
 SKIPPED_CONTAINERS = frozenset({"optimizer", "optimizers", "optimizer_states", "optimizer_state_dict",
                                 "lr_scheduler", "scheduler", "lr_schedulers", "scaler", "grad_scaler"})
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_DEPTH = 4
 
 
@@ -158,17 +159,3 @@ def choose_candidate(candidates: list[Candidate], wanted: str | None, source: st
         return best, f"container '{best.path or '<root>'}' is the only state dict in the file"
     others = ", ".join(c.path or "<root>" for c in candidates if c is not best)
     return best, f"container '{best.path or '<root>'}' chosen before {others} (pick another with --container)"
-
-
-def strip_wrapper_prefixes(tensors: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """Drop ``module.`` / ``_orig_mod.`` when every key carries them; never ``model.``."""
-    stripped: list[str] = []
-    changed = True
-    while changed and tensors:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in tensors):
-                tensors = {key[len(prefix):]: value for key, value in tensors.items()}
-                stripped.append(prefix)
-                changed = True
-    return tensors, tuple(stripped)

@@ -9,12 +9,13 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import CheckpointFormatError, ContainerError
 from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
-from .containers import Candidate, choose_candidate, find_candidates, strip_wrapper_prefixes
+from .prefixes import strip_wrapper_prefixes
 from .records import MappedRecords, RecordStore, file_size
+from .refs import TensorRef
 from .safetensors_file import MAX_HEADER, read_safetensors_header
-from .tensors import contiguous_bytes, materialize
-from .torchfile import LEGACY_MAGIC, Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
-from .unpickler import TensorRef
+from .tensors import contiguous_bytes, extent_bytes, materialize
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C   # the first pickle of a pre-zip torch file
 
 # A legacy file starts with the pickled magic number: binary (protocol 2+, after a FRAME from 4 on) or text (0/1).
 _LEGACY_MAGIC_BINARY = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
@@ -57,7 +58,9 @@ class Checkpoint(Mapping[str, Any]):
     def __init__(self, values: dict[str, tuple[Any, RecordStore]], info: CheckpointInfo) -> None:
         self._values = values
         self.info = info
-        self.specs: dict[str, TensorSpec] = {name: spec_of(name, value) for name, (value, _) in values.items()}
+        self.specs: dict[str, TensorSpec] = {
+            name: TensorSpec(name, value.shape, value.dtype) if isinstance(value, TensorRef) else spec_of(name, value)
+            for name, (value, _) in values.items()}
 
     def __getitem__(self, name: str) -> Any:
         value, records = self._values[name]
@@ -154,6 +157,9 @@ def _is_legacy_torch(head: bytes) -> bool:
 
 
 def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> Checkpoint:
+    from .containers import choose_candidate, find_candidates
+    from .torchfile import Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
+
     if trust:
         root, records, stubbed = _trusted_load(path, kind), MappedRecords(path, {}), {}
     else:
@@ -186,7 +192,7 @@ def _trusted_load(path: str, kind: str) -> Any:
         raise CheckpointFormatError(f"{path}: loading with --trust failed ({type(exc).__name__}: {exc})") from exc
 
 
-def _summaries(candidates: list[Candidate], chosen: Candidate) -> tuple[ContainerSummary, ...]:
+def _summaries(candidates: list[Any], chosen: Any) -> tuple[ContainerSummary, ...]:
     return tuple(ContainerSummary(c.path, c.kind, len(c.tensors), c is chosen) for c in candidates)
 
 
@@ -196,7 +202,7 @@ def _open_safetensors(path: str, container: str | None) -> Checkpoint:
     parsed = read_safetensors_header(path)
     tensors, stripped = strip_wrapper_prefixes(dict(parsed.refs))
     info = CheckpointInfo(path, "safetensors", None, "", (), stripped, (), parsed.metadata)
-    return Checkpoint(_checked_extents({name: (ref, parsed.records) for name, ref in tensors.items()}), info)
+    return Checkpoint({name: (ref, parsed.records) for name, ref in tensors.items()}, info)
 
 
 def _checked_extents(values: dict[str, tuple[Any, RecordStore]]) -> dict[str, tuple[Any, RecordStore]]:
@@ -204,9 +210,9 @@ def _checked_extents(values: dict[str, tuple[Any, RecordStore]]) -> dict[str, tu
     so that reading them later cannot fail half-way. Metadata only: no tensor data is read."""
     sizes: dict[str, int] = {}
     for name, (value, records) in values.items():
-        spans = getattr(records, "spans", None)
-        if not isinstance(value, TensorRef) or spans is None:
-            continue
+        if not isinstance(value, TensorRef) or not getattr(records, "spans_loaded", False):
+            continue  # a torch zip's records are located, and checked, when first read
+        spans = records.spans
         span = spans.get(value.storage.key)
         if span is None:
             raise CheckpointFormatError(f"{records.path}: '{name}' refers to storage record {value.storage.key}, "
@@ -214,19 +220,12 @@ def _checked_extents(values: dict[str, tuple[Any, RecordStore]]) -> dict[str, tu
         if records.path not in sizes:
             sizes[records.path] = file_size(records.path)
         start, length = span
-        needed = _extent_bytes(value)
+        needed = extent_bytes(value)
         if value.offset < 0 or needed > length or start + length > sizes[records.path]:
             raise CheckpointFormatError(f"{records.path}: '{name}' needs {needed} bytes but its record holds "
                                         f"{max(0, min(length, sizes[records.path] - start))}; the file is truncated "
                                         f"or damaged")
     return values
-
-
-def _extent_bytes(ref: TensorRef) -> int:
-    if 0 in ref.shape:
-        return 0
-    last = ref.offset + sum((dim - 1) * step for dim, step in zip(ref.shape, ref.stride))
-    return (last + 1) * ELEMENT_SIZE.get(ref.dtype, 1)
 
 
 def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class RecordStore(Protocol):
@@ -26,10 +26,22 @@ class MappedRecords:
     touching the file, and pages only read stay file-backed, so they cost no private memory.
     """
 
-    def __init__(self, path: str, spans: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, path: str, spans: dict[str, tuple[int, int]] | None = None, *,
+                 locate: Callable[[], dict[str, tuple[int, int]]] | None = None) -> None:
         self.path = path
-        self.spans = spans
+        self._spans = spans
+        self._locate = locate   # computes the spans on first use (a torch zip's records)
         self._map: mmap.mmap | None = None
+
+    @property
+    def spans_loaded(self) -> bool:
+        return self._spans is not None
+
+    @property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        if self._spans is None:
+            self._spans = self._locate() if self._locate else {}
+        return self._spans
 
     def _mapped(self) -> mmap.mmap:
         if self._map is None:

@@ -15,7 +15,7 @@ from typing import BinaryIO, Iterable
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE, SAFETENSORS_CODE, SAFETENSORS_DTYPE, TensorSpec
 from .records import MappedRecords, file_size
-from .unpickler import StorageRef, TensorRef
+from .refs import StorageRef, TensorRef
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -45,26 +45,32 @@ def read_safetensors_header(path: str) -> SafetensorsFile:
     if not isinstance(header, dict):
         raise CheckpointFormatError(f"{path}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    refs, spans = _parse_entries(header, 8 + length, path)
+    refs, spans = _parse_entries(header, 8 + length, file_size(path), path)
     return SafetensorsFile(path, refs, dict(metadata), MappedRecords(path, spans))
 
 
-def _parse_entries(header: dict, data_start: int, path: str) -> tuple[dict[str, TensorRef], dict[str, tuple[int, int]]]:
+def _parse_entries(header: dict, data_start: int, size: int, path: str
+                   ) -> tuple[dict[str, TensorRef], dict[str, tuple[int, int]]]:
+    """Every entry checked against the file (sizes agree, bytes inside it), so reading cannot fail later."""
     refs: dict[str, TensorRef] = {}
     spans: dict[str, tuple[int, int]] = {}
     for name, entry in header.items():
         try:
             dtype = SAFETENSORS_DTYPE[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            shape = tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
+            numel = math.prod(shape)
+            valid = type(begin) is int and type(end) is int and all(type(d) is int and d >= 0 for d in shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointFormatError(f"{path}: bad safetensors entry for '{name}' ({exc})") from exc
-        numel = math.prod(shape)
-        if end - begin != numel * ELEMENT_SIZE[dtype]:
+        if not valid or end - begin != numel * ELEMENT_SIZE[dtype] or begin < 0:
             raise CheckpointFormatError(f"{path}: '{name}' has {end - begin} bytes, shape {shape} needs "
                                         f"{numel * ELEMENT_SIZE[dtype]}")
+        if data_start + end > size:
+            raise CheckpointFormatError(f"{path}: '{name}' needs {end - begin} bytes at {data_start + begin}, but the "
+                                        f"file ends at {size}; the file is truncated")
         spans[name] = (data_start + begin, end - begin)
-        refs[name] = TensorRef(StorageRef(name, dtype, numel), 0, shape, contiguous_strides(shape), dtype)
+        refs[name] = TensorRef(StorageRef(name, dtype, numel), 0, shape, None, dtype)  # stride None: contiguous
     return refs, spans
 
 

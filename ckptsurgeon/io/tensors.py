@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
 from .records import RecordStore
-from .unpickler import TensorRef
+from .refs import TensorRef
 
 _NUMPY_INCOMPATIBLE = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "qint8", "quint8", "qint32"}
 
@@ -17,14 +19,38 @@ def materialize(value: Any, records: RecordStore) -> Any:
 
     if isinstance(value, TensorRef):
         dtype = getattr(torch, value.dtype)
-        buffer = records.buffer(value.storage.key)
+        buffer = _checked_buffer(value, records)
         if len(buffer) == 0 or 0 in value.shape:
             return torch.empty(value.shape, dtype=dtype)
         flat = torch.frombuffer(buffer, dtype=dtype)
+        if value.stride is None:
+            return flat[value.offset:value.offset + math.prod(value.shape)].view(value.shape)
         return flat.as_strided(value.shape, value.stride, value.offset)
     if isinstance(value, torch.Tensor):
         return value.detach()
     return torch.from_numpy(_writable(value))
+
+
+def extent_bytes(ref: TensorRef) -> int:
+    """How many bytes of its storage record a tensor reaches into."""
+    if 0 in ref.shape:
+        return 0
+    if ref.stride is None:
+        return (ref.offset + math.prod(ref.shape)) * ELEMENT_SIZE.get(ref.dtype, 1)
+    last = ref.offset + sum((dim - 1) * step for dim, step in zip(ref.shape, ref.stride))
+    return (last + 1) * ELEMENT_SIZE.get(ref.dtype, 1)
+
+
+def _checked_buffer(ref: TensorRef, records: RecordStore) -> memoryview:
+    try:
+        buffer = records.buffer(ref.storage.key)
+    except KeyError:
+        raise CheckpointFormatError(f"{records.path}: storage record {ref.storage.key} is not in the file; "
+                                    f"the file is damaged") from None
+    if ref.offset < 0 or extent_bytes(ref) > len(buffer):
+        raise CheckpointFormatError(f"{records.path}: a tensor needs {extent_bytes(ref)} bytes of record "
+                                    f"{ref.storage.key}, which holds {len(buffer)}; the file is truncated or damaged")
+    return buffer
 
 
 def _writable(array: Any) -> Any:
@@ -43,8 +69,8 @@ def contiguous_bytes(value: Any, records: RecordStore) -> memoryview | None:
     numel = 1
     for dim in value.shape:
         numel *= dim
-    if numel and value.stride != contiguous_strides(value.shape):
+    if numel and value.stride is not None and value.stride != contiguous_strides(value.shape):
         return None
     size = ELEMENT_SIZE[value.dtype]
     start = value.offset * size
-    return records.buffer(value.storage.key)[start:start + numel * size]
+    return _checked_buffer(value, records)[start:start + numel * size]

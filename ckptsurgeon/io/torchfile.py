@@ -9,20 +9,16 @@ import io
 import os
 import pickle
 import struct
-import zipfile
-import zlib
 from typing import Any
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
 from .records import MappedRecords
-from .unpickler import SafeUnpickler, StorageRef
+from .refs import StorageRef
+from .unpickler import SafeUnpickler
+from .ziparchive import STORED, Entry, ZipArchive
 
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-# What zipfile raises on a damaged archive (bad names, sizes, compression fields).
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, UnicodeDecodeError,
-               NotImplementedError, RuntimeError, zlib.error)  # RuntimeError: an "encrypted" member
-_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+from .reader import LEGACY_MAGIC
 
 
 class Unpickled:
@@ -35,60 +31,58 @@ class Unpickled:
 
 
 def read_torch_zip(path: str) -> Unpickled:
-    """Parse the ``data.pkl`` of a torch zip checkpoint without running its code."""
+    """Parse the ``data.pkl`` of a torch zip checkpoint without running its code.
+
+    Reads the end of the file, the first central-directory entries and the pickle; the byte ranges of
+    the tensor records are located only when a tensor is first read.
+    """
+    archive = ZipArchive(path)
     try:
-        archive = zipfile.ZipFile(path)
-    except _ZIP_ERRORS as exc:
-        raise CheckpointFormatError(f"{path}: damaged zip archive ({exc}); the file may be truncated") from exc
-    with archive:
-        pickles = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
-        if not pickles:
+        head = list(archive.entries(limit=8))
+        pickled = _find(head, "data.pkl") or _find(archive.entries(), "data.pkl")
+        if pickled is None:
             raise CheckpointFormatError(f"{path}: a zip file, but not a torch checkpoint (no data.pkl inside)")
-        root = pickles[0].filename[: -len("data.pkl")]
-        _check_byteorder(archive, root, path)
-        unpickler = SafeUnpickler(io.BytesIO(_read_member(archive, pickles[0], path)),
-                                  storage_key=lambda pid: str(pid[2]))
+        root = pickled.name[: -len("data.pkl")]
+        order = next((e for e in head if e.name == root + "byteorder"), None)
+        if order is not None:
+            _check_byteorder(archive.read(order), path)
+        unpickler = SafeUnpickler(io.BytesIO(archive.read(pickled)), storage_key=lambda pid: str(pid[2]))
         obj = _load(unpickler, path)
-        spans = _record_spans(archive, root + "data/", path)
-    return Unpickled(obj, MappedRecords(path, spans), unpickler.stubbed)
+    finally:
+        archive.close()
+    return Unpickled(obj, MappedRecords(path, locate=lambda: _record_spans(path, root + "data/")), unpickler.stubbed)
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
-    try:
-        return archive.read(info)
-    except _ZIP_ERRORS as exc:
-        raise CheckpointFormatError(f"{path}: cannot read {info.filename} ({exc}); the file may be truncated") from exc
+def _find(entries: Any, suffix: str) -> Entry | None:
+    return next((entry for entry in entries if entry.name.endswith(suffix)), None)
 
 
-def _check_byteorder(archive: zipfile.ZipFile, root: str, path: str) -> None:
-    try:
-        info = archive.getinfo(root + "byteorder")
-    except KeyError:
-        return
-    order = _read_member(archive, info, path).decode("ascii", "replace").strip()
+def _check_byteorder(raw: bytes, path: str) -> None:
+    order = raw.decode("ascii", "replace").strip()
     if order == "big":
         raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported; re-save it on a little-endian machine")
     if order != "little":
         raise CheckpointFormatError(f"{path}: damaged byteorder record ({order[:16]!r}); the file is damaged")
 
 
-def _record_spans(archive: zipfile.ZipFile, prefix: str, path: str) -> dict[str, tuple[int, int]]:
-    """Offsets of each stored (uncompressed) record's data inside the file."""
+def _record_spans(path: str, prefix: str) -> dict[str, tuple[int, int]]:
+    """Where each stored (uncompressed) record's bytes lie in the file."""
+    archive = ZipArchive(path)
     spans: dict[str, tuple[int, int]] = {}
-    with open(path, "rb") as handle:
-        for info in archive.infolist():
-            if not info.filename.startswith(prefix):
+    try:
+        end = len(archive.map)
+        for entry in archive.entries():
+            if not entry.name.startswith(prefix):
                 continue
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise CheckpointFormatError(f"{path}: record {info.filename} is compressed; torch writes records "
+            if entry.compression != STORED:
+                raise CheckpointFormatError(f"{path}: record {entry.name} is compressed; torch writes records "
                                             f"uncompressed, so re-save the checkpoint with torch.save")
-            handle.seek(info.header_offset)
-            header = handle.read(_LOCAL_HEADER.size)
-            if len(header) < _LOCAL_HEADER.size:
-                raise CheckpointFormatError(f"{path}: truncated at record {info.filename}")
-            fields = _LOCAL_HEADER.unpack(header)
-            start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
-            spans[info.filename[len(prefix):]] = (start, info.file_size)
+            start = archive.data_start(entry)
+            if start + entry.size > end:
+                raise CheckpointFormatError(f"{path}: record {entry.name} runs past the end; the file is truncated")
+            spans[entry.name[len(prefix):]] = (start, entry.size)
+    finally:
+        archive.close()
     return spans
 
 

@@ -13,32 +13,10 @@ import _compat_pickle
 import collections
 import io
 import pickle
-from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..specs import STORAGE_DTYPE, dtype_name
-
-
-@dataclass(frozen=True)
-class StorageRef:
-    """A storage record inside a checkpoint: where its bytes are and what they hold."""
-
-    key: str
-    dtype: str
-    numel: int
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A tensor described by the pickle, its data left where it is."""
-
-    storage: StorageRef
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    dtype: str
-    requires_grad: bool = False
-    is_parameter: bool = False
+from .refs import StorageRef, TensorRef
 
 
 class DtypeName(str):
@@ -98,19 +76,18 @@ class Stub:
 def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: Any) -> Any:
     if not isinstance(storage, StorageRef):
         return Stub()
-    return TensorRef(storage, int(offset), tuple(int(d) for d in size), tuple(int(s) for s in stride),
-                     storage.dtype, requires_grad=bool(rest[0]) if rest else False)
+    return TensorRef(storage, offset, tuple(size), tuple(stride), storage.dtype, bool(rest[0]) if rest else False)
 
 
 def _rebuild_tensor_v3(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any,
                        hooks: Any, dtype: Any, *rest: Any) -> Any:
     ref = _rebuild_tensor(storage, offset, size, stride, requires_grad)
-    return replace(ref, dtype=dtype_name(dtype)) if isinstance(ref, TensorRef) else ref
+    return ref._replace(dtype=dtype_name(dtype)) if isinstance(ref, TensorRef) else ref
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = True, *rest: Any) -> Any:
     if isinstance(data, TensorRef):
-        return replace(data, requires_grad=bool(requires_grad), is_parameter=True)
+        return data._replace(requires_grad=bool(requires_grad), is_parameter=True)
     return data
 
 

@@ -1,0 +1,121 @@
+"""Just enough of the zip format to read a torch checkpoint without reading all of it.
+
+``zipfile`` parses the whole central directory up front (seconds for 100k records). A torch checkpoint
+writes ``data.pkl`` first and stores every record uncompressed, so its pickle is found from the first
+central-directory entries, and the byte ranges of the records are only computed when a tensor is read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import NamedTuple
+
+from ..errors import CheckpointFormatError
+
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+STORED = 0
+
+
+class Entry(NamedTuple):
+    name: str
+    compression: int
+    size: int
+    header_offset: int
+
+
+class ZipArchive:
+    """A read-only view of a zip file through a memory map (no data is copied until asked for)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as handle:
+            try:
+                self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError as exc:  # an empty file
+                raise CheckpointFormatError(f"{path}: empty file") from exc
+        self.cd_offset, self.cd_size, self.count = self._directory()
+
+    def _directory(self) -> tuple[int, int, int]:
+        tail_start = max(0, len(self.map) - _EOCD.size - 65535)
+        at = self.map.rfind(b"PK\x05\x06", tail_start)
+        if at < 0 or at + _EOCD.size > len(self.map):
+            raise CheckpointFormatError(f"{self.path}: damaged zip archive (no end of central directory); "
+                                        f"the file is truncated")
+        _, _, _, _, count, size, offset, _ = _EOCD.unpack_from(self.map, at)
+        if 0xFFFFFFFF in (size, offset) or count == 0xFFFF:
+            offset, size, count = self._zip64(at)
+        if offset + size > len(self.map):
+            raise CheckpointFormatError(f"{self.path}: damaged zip archive (central directory past the end); "
+                                        f"the file is truncated")
+        return offset, size, count
+
+    def _zip64(self, eocd_at: int) -> tuple[int, int, int]:
+        locator = eocd_at - _EOCD64_LOCATOR.size
+        if locator < 0 or self.map[locator:locator + 4] != b"PK\x06\x07":
+            raise CheckpointFormatError(f"{self.path}: damaged zip64 archive (no zip64 locator)")
+        record = _EOCD64_LOCATOR.unpack_from(self.map, locator)[2]
+        if record + _EOCD64.size > len(self.map) or self.map[record:record + 4] != b"PK\x06\x06":
+            raise CheckpointFormatError(f"{self.path}: damaged zip64 archive (no zip64 end record)")
+        fields = _EOCD64.unpack_from(self.map, record)
+        return fields[9], fields[8], fields[7]
+
+    def entries(self, limit: int | None = None):
+        """Central-directory entries in order (the first ``limit`` of them)."""
+        at, end, seen = self.cd_offset, self.cd_offset + self.cd_size, 0
+        while at + _CENTRAL.size <= end and (limit is None or seen < limit):
+            fields = _CENTRAL.unpack_from(self.map, at)
+            if fields[0] != b"PK\x01\x02":
+                raise CheckpointFormatError(f"{self.path}: damaged zip central directory")
+            name_len, extra_len, comment_len = fields[10], fields[11], fields[12]
+            name = self.map[at + _CENTRAL.size:at + _CENTRAL.size + name_len].decode("utf-8", "replace")
+            size, offset = fields[9], fields[16]
+            if 0xFFFFFFFF in (size, offset, fields[8]):
+                size, offset = _zip64_extra(self.map[at + _CENTRAL.size + name_len:
+                                                     at + _CENTRAL.size + name_len + extra_len], fields)
+            yield Entry(name, fields[4], size, offset)
+            at += _CENTRAL.size + name_len + extra_len + comment_len
+            seen += 1
+
+    def data_start(self, entry: Entry) -> int:
+        """Where an entry's bytes begin: after its local header (whose extra field pads for alignment)."""
+        if entry.header_offset + _LOCAL.size > len(self.map):
+            raise CheckpointFormatError(f"{self.path}: truncated at record {entry.name}")
+        fields = _LOCAL.unpack_from(self.map, entry.header_offset)
+        if fields[0] != b"PK\x03\x04":
+            raise CheckpointFormatError(f"{self.path}: damaged local header for {entry.name}")
+        return entry.header_offset + _LOCAL.size + fields[9] + fields[10]
+
+    def read(self, entry: Entry) -> bytes:
+        if entry.compression != STORED:
+            raise CheckpointFormatError(f"{self.path}: record {entry.name} is compressed; torch writes records "
+                                        f"uncompressed, so re-save the checkpoint with torch.save")
+        start = self.data_start(entry)
+        if start + entry.size > len(self.map):
+            raise CheckpointFormatError(f"{self.path}: record {entry.name} runs past the end; the file is truncated")
+        return self.map[start:start + entry.size]
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def _zip64_extra(extra: bytes, fields: tuple) -> tuple[int, int]:
+    size, offset = fields[9], fields[16]
+    at = 0
+    while at + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, at)
+        if tag == 1:
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, at + 4))
+            if fields[9] == 0xFFFFFFFF:   # uncompressed size first, then compressed size, then offset
+                size = values.pop(0)
+            if fields[8] == 0xFFFFFFFF and values:
+                values.pop(0)
+            if fields[16] == 0xFFFFFFFF and values:
+                offset = values.pop(0)
+            break
+        at += 4 + length
+    return size, offset
