@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, TextIO
 
 from . import __version__
 from .inspect import Inspection
@@ -101,7 +102,13 @@ def _tree_lines(node: ModuleNode, level: int, depth: int | None, out: list[str])
         _tree_lines(child, level + 1, depth, out)
 
 
-def inspection_to_json(inspection: Inspection) -> dict[str, Any]:
+def _tensor_json(row: Any) -> dict[str, Any]:
+    spec = row.spec
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype, "numel": spec.numel,
+            "kind": row.kind, "requires_grad": row.requires_grad}
+
+
+def inspection_to_json(inspection: Inspection, *, tensors: bool = True) -> dict[str, Any]:
     """The documented machine form (schema ``ckptsurgeon.inspect/1``, see README)."""
     info = inspection.info
     return {
@@ -118,11 +125,18 @@ def inspection_to_json(inspection: Inspection) -> dict[str, Any]:
         "stubbed_globals": list(info.stubbed_globals) if info else [],
         "metadata": dict(info.metadata) if info else {},
         "filter": inspection.pattern,
-        "tensors": [{"name": r.spec.name, "shape": list(r.spec.shape), "dtype": r.spec.dtype,
-                     "numel": r.spec.numel, "kind": r.kind, "requires_grad": r.requires_grad}
-                    for r in inspection.rows],
+        "tensors": [_tensor_json(row) for row in inspection.rows] if tensors else [],
         "totals": {"tensors": len(inspection.rows), "tensors_in_source": inspection.total_tensors,
                    "parameters": inspection.parameters, "elements": inspection.numel,
                    "bytes": inspection.nbytes, "bytes_by_dtype": inspection.bytes_by_dtype()},
         "warnings": list(inspection.warnings),
     }
+
+
+def write_inspection_json(inspection: Inspection, stream: TextIO) -> None:
+    """The same JSON as :func:`inspection_to_json`, written tensor by tensor (flat memory at 100k tensors)."""
+    head, _, tail = json.dumps(inspection_to_json(inspection, tensors=False)).partition('"tensors": []')
+    stream.write(head + '"tensors": [')
+    for index, row in enumerate(inspection.rows):
+        stream.write(("," if index else "") + json.dumps(_tensor_json(row)))
+    stream.write("]" + tail + "\n")

@@ -350,7 +350,7 @@ def check_whole_modules(case: Case, plan: Plan) -> None:
     for key, owner in case.tgt_owner.items():
         by_module[owner.module.ident].append(key)
     fed_by: dict[int, int] = {}
-    loaded: Counter = Counter()
+    loaded_in: Counter = Counter()
     for ident, keys in by_module.items():
         actions = {steps[k].action for k in keys if not is_bookkeeping(case.tgt_owner[k].rel)}
         assert len(actions) == 1, f"module #{ident} partly loaded: {[(k, steps[k].action) for k in keys]}"
@@ -362,13 +362,14 @@ def check_whole_modules(case: Case, plan: Plan) -> None:
             assert s_container == case.tgt_owner[keys[0]].container, f"module #{ident} loaded from another container"
             assert source_ident not in fed_by, f"source module #{source_ident} feeds #{fed_by[source_ident]} and #{ident}"
             fed_by[source_ident] = ident
-            loaded[case.tgt_owner[keys[0]].container] += 1
+            loaded_in[case.tgt_owner[keys[0]].container] += 1
             counters = [k for k in keys if is_bookkeeping(case.tgt_owner[k].rel)]
             assert all(steps[k].action == COPY for k in counters), "a loaded module's counter was left behind"
     alive = survivors(case)
     for name, entry in case.target_model.items():
         if isinstance(entry, list):
-            assert loaded[name] == sum(m.ident in alive for m in entry), f"container {name}: {loaded[name]} loaded"
+            survived = sum(m.ident in alive for m in entry)
+            assert loaded_in[name] == survived, f"container {name}: {loaded_in[name]} of {survived} survivors loaded"
 
 
 def expected_move(case: Case) -> tuple[str, str] | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from . import cli
@@ -28,7 +26,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
     Reads no tensor data and runs no code from the file (unless --trust).
     """
     from ..inspect import inspect_checkpoint, inspect_model
-    from ..views import inspection_to_json, render_containers, render_table, render_tree
+    from ..views import render_containers, render_table, render_tree, write_inspection_json
 
     if (path is None) == (model_spec is None):
         raise click.UsageError("give either PATH or --model MODULE:CALLABLE")
@@ -38,7 +36,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
     else:
         inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
     if as_json:
-        click.echo(json.dumps(inspection_to_json(inspection)))  # compact: the C encoder, fast at 100k tensors
+        write_inspection_json(inspection, click.get_text_stream("stdout"))
     elif list_containers:
         click.echo(render_containers(inspection))
     elif tree:
