@@ -73,7 +73,8 @@ class Ambiguity:
     container: str
     chosen: str
     alternative: str
-    rename_rule: str | None = None   # the --rename that states the alternative reading
+    rename_rule: str | None = None   # the --rename options that state the alternative reading
+    renames: tuple[tuple[str, str], ...] = ()   # (source module, target module) pairs of that reading
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Mapping
 from ..plan import ORDER, is_bookkeeping
 from ..specs import TensorSpec
 from ..tree import leaf_of, parent_of
-from .structure import align_sequences
+from .align import align_sequences
 
 
 def _leaf_modules(specs: Mapping[str, TensorSpec], taken: set[str]) -> list[tuple[str, dict[str, TensorSpec]]]:

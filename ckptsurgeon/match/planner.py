@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import dataclasses
+import re
 from typing import Iterable, Mapping
 
 from ..errors import MappingError
-from ..plan import (AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, PREFIX, RENAME, RESIZE,
+from ..plan import (AMBIGUOUS, COPY, Ambiguity, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, PREFIX, RENAME, RESIZE,
                     SHAPE_MISMATCH, TIED, Plan, PlanOptions, Step, Unused, is_bookkeeping)
 from ..specs import TensorSpec, format_shape
 from .order import match_by_order
@@ -44,7 +46,7 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
     free_targets = {name: spec for name, spec in target.items() if name not in pinned}
     move = detect_prefix_move(rest, free_targets)
     if move is not None:
-        rest, provenance = _apply_move(rest, provenance, move)
+        rest, provenance, move = _apply_move(rest, provenance, move)
     found = match_structure(rest.values(), free_targets.values(), EXACT)
     if order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
@@ -55,7 +57,8 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
     ambiguous = {_original(n, provenance) for n in found.ambiguous_sources}
     paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
     unused = _unused(source, steps, dropped, ambiguous, paired)
-    return Plan(steps, unused, tuple(found.ambiguities), move, options)
+    ambiguities = tuple(_with_rename_rule(a, rest, provenance) for a in found.ambiguities)
+    return Plan(steps, unused, ambiguities, move, options)
 
 
 def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
@@ -102,13 +105,14 @@ def _provenance_pair(name: str, how: str, provenance: Mapping[str, Provenance]) 
 
 
 def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance], move: tuple[str, str]
-                ) -> tuple[dict[str, TensorSpec], dict[str, Provenance]]:
+                ) -> tuple[dict[str, TensorSpec], dict[str, Provenance], tuple[str, str] | None]:
+    """The keys under their moved names, or as they were (and no move) if the move would merge two keys."""
     moved_specs: dict[str, TensorSpec] = {}
     moved_provenance: dict[str, Provenance] = {}
     for name, spec in named.items():
         new = moved_name(name, move)
-        if new in moved_specs:  # the move would merge two keys: keep the names as they were
-            return named, provenance
+        if new in moved_specs:
+            return named, provenance, None
         if new == name:
             moved_specs[new] = spec
             if name in provenance:
@@ -117,7 +121,40 @@ def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance],
         origin = provenance.get(name)
         moved_specs[new] = spec.with_name(new)
         moved_provenance[new] = Provenance(origin.original if origin else name, bool(origin and origin.by_rule), True)
-    return moved_specs, moved_provenance
+    return moved_specs, moved_provenance, move
+
+
+def _with_rename_rule(ambiguity: Ambiguity, rest: Mapping[str, TensorSpec], provenance: Mapping[str, Provenance]) -> Ambiguity:
+    """Write the other reading as --rename options over the user's own source names, ordered so that no
+    rule renames what an earlier one produced."""
+    pairs = [(_original_module(source, rest, provenance), target) for source, target in ambiguity.renames]
+    ordered = _order_rules([(s, t) for s, t in pairs if s is not None and s != t])
+    if not ordered:
+        return ambiguity
+    text = " ".join(f"--rename '^{re.escape(s)}\\.={t}.'" for s, t in ordered)
+    return dataclasses.replace(ambiguity, rename_rule=text)
+
+
+def _original_module(path: str, rest: Mapping[str, TensorSpec], provenance: Mapping[str, Provenance]) -> str | None:
+    """A source module's path in the checkpoint's own names (before any prefix move or rule)."""
+    for name in rest:
+        if name.startswith(path + "."):
+            tail = name[len(path) + 1:]
+            original = _original(name, provenance)
+            return original[:-len(tail) - 1] if original.endswith("." + tail) else None
+    return None
+
+
+def _order_rules(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Rules apply one after another: a rule into X must run after the rule that moves X away."""
+    pending, ordered = list(rules), []
+    while pending:
+        ready = [r for r in pending if not any(other[0] == r[1] for other in pending if other is not r)]
+        if not ready:  # a cycle (a swap) cannot be written as rules applied in turn
+            return []
+        ordered += ready
+        pending = [r for r in pending if r not in ready]
+    return ordered
 
 
 def _spread_ties(pairs: dict[str, tuple[str, str]], tied: Iterable[Iterable[str]]) -> None:

@@ -16,8 +16,8 @@ from typing import Iterable
 
 from ..plan import ALIGN, SIGNATURE, Ambiguity
 from ..specs import TensorSpec
+from .align import align_sequences, alternative_alignment
 
-MAX_DP_CELLS = 250_000
 
 
 _NO_CHILDREN: dict = {}
@@ -140,13 +140,16 @@ class Matcher:
                 self._match_identical(other, child, strategy, same_path)
 
     def _align(self, s_seq: list[tuple[int, Node]], t_seq: list[tuple[int, Node]], parent: Node, strategy: str) -> None:
-        a = [node.sig for _, node in s_seq]
-        b = [node.sig for _, node in t_seq]
-        pairs = align_sequences(a, b)
+        a, b = [node.sig for _, node in s_seq], [node.sig for _, node in t_seq]
+        a_names, b_names = [i for i, _ in s_seq], [j for j, _ in t_seq]
+        pairs = align_sequences(a, b, a_names, b_names)
         for i, j in pairs:
             self._pair(s_seq[i], t_seq[j], strategy)
+        if len(pairs) < max(len(a), len(b)):
+            other = alternative_alignment(a, b, pairs, a_names, b_names)
+            if other is not None:
+                self._record_ambiguity(parent, s_seq, t_seq, pairs, other)
         for s_gap, t_gap in gaps(pairs, len(a), len(b)):
-            self._flag_ambiguity(s_seq, t_seq, s_gap, t_gap, pairs, parent)
             kinds = align_sequences([s_seq[i][1].kind for i in s_gap], [t_seq[j][1].kind for j in t_gap])
             for i, j in kinds:  # the same kind of module changed in place (e.g. 256 -> 288 channels)
                 self._pair(s_seq[s_gap[i]], t_seq[t_gap[j]], strategy)
@@ -154,22 +157,25 @@ class Matcher:
     def _pair(self, s_item: tuple[int, Node], t_item: tuple[int, Node], strategy: str) -> None:
         self.match(s_item[1], t_item[1], strategy if s_item[0] == t_item[0] else ALIGN)
 
-    def _flag_ambiguity(self, s_seq: list, t_seq: list, s_gap: list[int], t_gap: list[int],
-                        pairs: list[tuple[int, int]], parent: Node) -> None:
-        matched_t = {j: i for i, j in pairs}
-        for j in t_gap:
-            run = _identical_run(t_seq, j, matched_t)
-            if run:
-                self.result.ambiguities.append(_insertion_ambiguity(parent, t_seq, s_seq, j, run, matched_t))
-        matched_s = {i: j for i, j in pairs}
-        for i in s_gap:
-            run = _identical_run(s_seq, i, matched_s)
-            if run:
-                start = s_seq[run[0]][0]
-                self.result.ambiguities.append(Ambiguity(
-                    parent.path or "<root>", f"{parent.child_path(str(s_seq[i][0]))} was removed (names kept)",
-                    f"any of {parent.child_path(str(start))}..{s_seq[i][0]} may be the removed one"))
-                self.result.ambiguous_sources.update(_keys(s_seq[i][1]))
+    def _record_ambiguity(self, parent: Node, s_seq: list, t_seq: list, chosen: list[tuple[int, int]],
+                          other: list[tuple[int, int]]) -> None:
+        """Two readings match as many modules: keep ``chosen`` (it keeps more names), say what ``other`` is."""
+        def names(seq: list, indices: set[int]) -> str:
+            return ", ".join(parent.child_path(str(seq[k][0])) for k in sorted(indices)) or "none"
+
+        new_chosen = set(range(len(t_seq))) - {j for _, j in chosen}
+        new_other = set(range(len(t_seq))) - {j for _, j in other}
+        unused_chosen = set(range(len(s_seq))) - {i for i, _ in chosen}
+        unused_other = set(range(len(s_seq))) - {i for i, _ in other}
+        renames = tuple((parent.child_path(str(s_seq[i][0])), parent.child_path(str(t_seq[j][0])))
+                        for i, j in other if (i, j) not in set(chosen) and s_seq[i][0] != t_seq[j][0])
+        self.result.ambiguities.append(Ambiguity(
+            parent.path or "<root>",
+            f"new: {names(t_seq, new_chosen)}; unused: {names(s_seq, unused_chosen)} (names kept where they could be)",
+            f"new: {names(t_seq, new_other)}; unused: {names(s_seq, unused_other)}",
+            renames=renames))
+        for i in unused_chosen - unused_other:
+            self.result.ambiguous_sources.update(_keys(s_seq[i][1]))
 
     def _pair_renamed(self, s_left: dict[str, Node], t_left: dict[str, Node], parent: Node) -> None:
         """Siblings saved under other names: a signature unique on both sides pairs them; several of the same
@@ -200,8 +206,7 @@ class Matcher:
         self.result.ambiguities.append(Ambiguity(
             where, f"nothing loaded into {', '.join(t_names)}",
             f"identical modules saved as {', '.join(s_names)}: names give no clear pairing",
-            " ".join(f"--rename '^{_escape(parent.child_path(s))}\\.={parent.child_path(t)}.'"
-                     for s, t in zip(s_names, t_names))))
+            renames=tuple((parent.child_path(s), parent.child_path(t)) for s, t in zip(s_names, t_names))))
         for name in s_names:
             self.result.ambiguous_sources.update(_keys(s_left[name]))
 
@@ -223,79 +228,11 @@ def _similar_pairs(s_names: list[str], t_names: list[str], margin: float = 0.2, 
     return pairs
 
 
-def _identical_run(seq: list[tuple[int, Node]], index: int, matched: dict[int, int]) -> list[int]:
-    """Matched neighbours of an unmatched element that carry its very signature (so it could sit among them)."""
-    sig = seq[index][1].sig
-    run = []
-    for step in (-1, 1):
-        k = index + step
-        while 0 <= k < len(seq) and seq[k][1].sig == sig and k in matched:
-            run.append(k)
-            k += step
-    return sorted(run)
-
-
-def _insertion_ambiguity(parent: Node, t_seq: list, s_seq: list, j: int, run: list[int], matched_t: dict[int, int]) -> Ambiguity:
-    first = min(run[0], j)
-    new_name = parent.child_path(str(t_seq[j][0]))
-    alternative = parent.child_path(str(t_seq[first][0]))
-    rules = []
-    for k in range(j - 1, first - 1, -1):   # highest index first, so the rules do not cascade
-        if k in matched_t:
-            s_index, t_index = s_seq[matched_t[k]][0], t_seq[k + 1][0] if k + 1 < len(t_seq) else t_seq[k][0] + 1
-            rules.append(f"--rename '^{_escape(parent.child_path(str(s_index)))}\\.={parent.child_path(str(t_index))}.'")
-    return Ambiguity(parent.path or "<root>", f"{new_name} is new (identical blocks keep their names)",
-                     f"the new block may be {alternative}, with the blocks after it shifted by one",
-                     " ".join(rules) or None)
-
-
-def _escape(path: str) -> str:
-    return path.replace(".", r"\.")
-
-
 def _keys(node: Node) -> list[str]:
     out = [node.key(leaf) for leaf in node.tensors]
     for child in node.children.values():
         out += _keys(child)
     return out
-
-
-def align_sequences(a: list[int], b: list[int]) -> list[tuple[int, int]]:
-    """Pairs (i, j) of a longest common subsequence, preferring name-keeping pairs at both ends."""
-    n, m = len(a), len(b)
-    head = 0
-    while head < min(n, m) and a[head] == b[head]:
-        head += 1
-    tail = 0
-    while tail < min(n, m) - head and a[n - 1 - tail] == b[m - 1 - tail]:
-        tail += 1
-    middle = _lcs(a[head:n - tail], b[head:m - tail])
-    return ([(k, k) for k in range(head)] + [(i + head, j + head) for i, j in middle]
-            + [(n - tail + k, m - tail + k) for k in range(tail)])
-
-
-def _lcs(a: list[int], b: list[int]) -> list[tuple[int, int]]:
-    if not a or not b:
-        return []
-    if len(a) * len(b) > MAX_DP_CELLS:
-        blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
-        return [(blk.a + k, blk.b + k) for blk in blocks for k in range(blk.size)]
-    n, m = len(a), len(b)
-    table = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        row, below = table[i], table[i + 1]
-        for j in range(m - 1, -1, -1):
-            row[j] = below[j + 1] + 1 if a[i] == b[j] else max(below[j], row[j + 1])
-    pairs, i, j = [], 0, 0
-    while i < n and j < m:
-        if a[i] == b[j] and table[i][j] == table[i + 1][j + 1] + 1:
-            pairs.append((i, j))
-            i, j = i + 1, j + 1
-        elif table[i + 1][j] >= table[i][j + 1]:
-            i += 1
-        else:
-            j += 1
-    return pairs
 
 
 def gaps(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple[list[int], list[int]]]:
