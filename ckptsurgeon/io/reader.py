@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from ..errors import CheckpointFormatError, ContainerError
+from ..runtime import paused_gc
 from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
 from .prefixes import strip_wrapper_prefixes
 from .records import MappedRecords, RecordStore, file_size
@@ -108,11 +109,12 @@ def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, tr
     """
     path = os.fspath(path)
     kind = detect_format(path)
-    if kind == "sharded":
-        return _open_sharded(path, container, trust)
-    if kind == "safetensors":
-        return _open_safetensors(path, container)
-    return _open_pickled(path, kind, container, trust)
+    with paused_gc():
+        if kind == "sharded":
+            return _open_sharded(path, container, trust)
+        if kind == "safetensors":
+            return _open_safetensors(path, container)
+        return _open_pickled(path, kind, container, trust)
 
 
 def read_specs(path: str | os.PathLike, **options: Any) -> tuple[dict[str, TensorSpec], CheckpointInfo]:

@@ -8,8 +8,10 @@ import re
 from typing import Iterable, Mapping
 
 from ..errors import MappingError
-from ..plan import (AMBIGUOUS, COPY, Ambiguity, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, PREFIX, RENAME, RESIZE,
-                    SHAPE_MISMATCH, TIED, Plan, PlanOptions, Step, Unused, is_bookkeeping)
+from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, ORDER, PREFIX,
+                    RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
+                    Unused, is_bookkeeping)
+from ..runtime import paused_gc
 from ..specs import TensorSpec, format_shape
 from .order import match_by_order
 from .prefix import detect_prefix_move, moved_name
@@ -40,7 +42,13 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
         tied: groups of target keys that share one tensor (a source for one feeds them all).
         seed: recorded in the plan for the initialisers.
     """
-    options = PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed)
+    with paused_gc():
+        return _make_plan(source, target, PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed),
+                          tied)
+
+
+def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
+               tied: Iterable[Iterable[str]]) -> Plan:
     resize_rules, init_rules = parse_resize_rules(options.resize), parse_init_rules(options.init)
     pinned, rest, provenance, dropped = _rename_sources(source, target, options.rename)
     free_targets = {name: spec for name, spec in target.items() if name not in pinned}
@@ -48,7 +56,7 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
     if move is not None:
         rest, provenance, move = _apply_move(rest, provenance, move)
     found = match_structure(rest.values(), free_targets.values(), EXACT)
-    if order_fallback:
+    if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     pairs = {t: _provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
@@ -201,7 +209,7 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     source = source_specs[original]
     if source.shape == spec.shape:
         return Step(name, COPY, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, None,
-                    _copy_reason(strategy, original, name))
+                    _copy_reason(strategy))
     common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
     fill, note = _init_for(spec, init_rules)
     mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
@@ -219,15 +227,16 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
                 reason=f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, **common)
 
 
-_COPY_REASONS = {EXACT: "same name and shape", RENAME: "renamed by rule from {source}",
-                 PREFIX: "prefix moved from {source}", TIED: "tied to a target key loaded from {source}"}
+# The step names its source; the reason says what kind of evidence paired them.
+_COPY_REASONS = {EXACT: "same name and shape", RENAME: "renamed by a --rename rule",
+                 PREFIX: "the same name after a prefix move", ALIGN: "structural alignment: indices shifted",
+                 SIGNATURE: "a sibling saved under another name, paired by its signature",
+                 ORDER: "registration order (--order-fallback), signatures agree",
+                 TIED: "tied to a target key loaded from the same source"}
 
 
-def _copy_reason(strategy: str, source: str, target: str) -> str:
-    if strategy == EXACT:
-        return _COPY_REASONS[EXACT]
-    template = _COPY_REASONS.get(strategy, "{strategy}: {source} -> {target}")
-    return template.format(strategy=strategy, source=source, target=target)
+def _copy_reason(strategy: str) -> str:
+    return _COPY_REASONS.get(strategy, strategy)
 
 
 def _unused(source: Mapping[str, TensorSpec], steps: tuple[Step, ...], dropped: set[str], ambiguous: set[str],

@@ -78,7 +78,8 @@ def detect_prefix_move(source: Mapping[str, TensorSpec], target: Mapping[str, Te
         if move == ("", "") or _ends_at_index(move[0]) or _ends_at_index(move[1]):
             continue
         count = count_agreeing(source, masked, move)
-        if count > max(as_is, half) and not _still_home(source, target, move):
+        if count > max(as_is, half) and _explains_what_it_moves(source, masked, move) \
+                and not _still_home(source, target, move):
             exact = sum(1 for name in source if moved_name(name, move) in target)
             scored.append((count, exact, -len(move[0]) - len(move[1]), move))
     # most keys explained, then most exact names, then the smallest change of name
@@ -94,6 +95,12 @@ def _wrapper_move(source: Mapping[str, TensorSpec], target: Mapping[str, TensorS
         if added and all(n.startswith(added) for n in target) and not any(n.startswith(added) for n in source):
             return removed, added
     return None
+
+
+def _explains_what_it_moves(source: Mapping[str, TensorSpec], masked: dict[str, set[tuple[int, ...]]],
+                            move: tuple[str, str]) -> bool:
+    moved = {name: spec for name, spec in source.items() if name.startswith(move[0])}
+    return count_agreeing(moved, masked, move) * 2 > len(moved)
 
 
 def _still_home(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], move: tuple[str, str]) -> bool:
