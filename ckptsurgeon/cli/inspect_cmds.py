@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from . import cli
@@ -36,7 +38,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
     else:
         inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
     if as_json:
-        write_inspection_json(inspection, click.get_text_stream("stdout"))
+        write_inspection_json(inspection, sys.stdout)
     elif list_containers:
         click.echo(render_containers(inspection))
     elif tree:

