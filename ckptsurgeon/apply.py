@@ -125,9 +125,10 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
                           raw=lambda name: _raw_bytes(by_target[name], source, template))
 
 
-def _raw_bytes(step: Step, source: Any, template: Any) -> memoryview | None:
-    if step.action == COPY and step.source_dtype == step.target_dtype and hasattr(source, "raw_bytes"):
-        return source.raw_bytes(step.source)
-    if step.action == INIT and step.method in (None, KEEP_TARGET) and hasattr(template, "raw_bytes"):
-        return template.raw_bytes(step.target)
+def _raw_bytes(step: Step, source: Any, template: Any) -> Any:
+    """Where a plain copy's (or a kept initial value's) bytes lie in a file, or None."""
+    if step.action == COPY and step.source_dtype == step.target_dtype and hasattr(source, "raw_span"):
+        return source.raw_span(step.source)
+    if step.action == INIT and step.method in (None, KEEP_TARGET) and hasattr(template, "raw_span"):
+        return template.raw_span(step.target)
     return None

@@ -37,7 +37,7 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, 
         metadata = {"ckptsurgeon.source": os.path.basename(os.fspath(source)),
                     "ckptsurgeon.container": str(checkpoint.info.container or "")}
         write_streamed(output, specs, produce, metadata=metadata,
-                       raw=lambda name: checkpoint.raw_bytes(name) if name in unchanged else None)
+                       raw=lambda name: checkpoint.raw_span(name) if name in unchanged else None)
         cast = len(specs) - len(unchanged)
         return ConvertResult(checkpoint.info, output, len(specs), cast, sum(s.nbytes for s in specs))
 

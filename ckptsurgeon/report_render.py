@@ -183,24 +183,31 @@ def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]]).rstrip() for row in rows]
 
 
-def context_lines(report: "Report", verbose: bool) -> list[str]:
+def _context(report: "Report") -> list[tuple[str, list[str], str]]:
+    """(label, names, note) lines about the inputs, shared by the terminal and Markdown renderers;
+    source-side details are indented under the source in the terminal."""
     info, plan = report.source_info, report.plan
-    lines = [f"source: {report.source}" + (f" ({info.format})" if info else "")]
+    items = [("source", [report.source], f" ({info.format})" if info else "")]
     if info and info.container is not None:
-        lines.append(f"  container: {info.container or ROOT} ({info.container_kind}); {info.container_reason}")
+        items.append(("  container", [info.container or ROOT], f" ({info.container_kind}); {info.container_reason}"))
     if info and info.stripped_prefixes:
-        lines.append(f"  prefixes stripped: {', '.join(info.stripped_prefixes)}")
+        items.append(("  prefixes stripped", list(info.stripped_prefixes), ""))
     if info and info.stubbed_globals:
-        lines.append(f"  stood in for (not run): {', '.join(info.stubbed_globals)}")
-    lines.append(f"target: {report.target}")
+        items.append(("  stood in for (not run)", list(info.stubbed_globals), ""))
+    items.append(("target", [report.target], ""))
     if plan.prefix_move:
-        lines.append(f"prefix move: {_prefix_move(plan.prefix_move)}")
+        items.append(("prefix move", [], _prefix_move(plan.prefix_move)))
     if report.output:
-        lines.append(f"output: {report.output}")
+        items.append(("output", [report.output], ""))
+    return items
+
+
+def context_lines(report: "Report", verbose: bool) -> list[str]:
+    lines = [f"{label}: {', '.join(names)}{note}" for label, names, note in _context(report)]
     lines.append("applied: tensors were read and transferred" if report.applied
                  else "dry run: no tensor data read, nothing written")
     if verbose:
-        lines.append(f"options: {json.dumps(plan.options.as_dict())}")
+        lines.append(f"options: {json.dumps(report.plan.options.as_dict())}")
         lines += [f"input {key}: {value}" for key, value in report.inputs.items()]
     return lines
 
@@ -273,19 +280,12 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 def render_markdown(report: "Report") -> str:
-    plan, info = report.plan, report.source_info
+    plan = report.plan
     lines = ["# ckptsurgeon transfer report", "", f"**{render_headline(report.counts())}**", ""]
-    lines.append(f"- source: {_cell(report.source, True)}" + (f" ({info.format})" if info else ""))
-    if info and info.container is not None:
-        lines.append(f"- container: {_cell(info.container or ROOT, True)} ({info.container_reason})")
-    if info and info.stripped_prefixes:
-        lines.append(f"- prefixes stripped: {', '.join(_cell(p, True) for p in info.stripped_prefixes)}")
-    if info and info.stubbed_globals:
-        lines.append(f"- stood in for (not run): {', '.join(_cell(g, True) for g in info.stubbed_globals)}")
-    lines.append(f"- target: {_cell(report.target, True)}")
-    if plan.prefix_move:
-        lines.append(f"- prefix move: {_prefix_move(plan.prefix_move)}")
-    lines.append(f"- output: {_cell(report.output, True)}" if report.output else "- output: none")
+    lines += [f"- {label.strip()}: {', '.join(_cell(name, True) for name in names)}{note}"
+              for label, names, note in _context(report)]
+    if not report.output:
+        lines.append("- output: none")
     lines.append(f"- applied: {'yes' if report.applied else 'no (dry run)'}")
     lines += [f"- options: {_cell(json.dumps(plan.options.as_dict()), True)}", ""]
     lines += _table("Coverage", ("module", "transferred", "total", "coverage"),

@@ -19,14 +19,12 @@ from ckptsurgeon.errors import ContainerError
 from ckptsurgeon.io import open_checkpoint
 from ckptsurgeon.io.containers import (Candidate, choose_candidate, find_candidates, module_state,
                                        strip_wrapper_prefixes)
-from ckptsurgeon.io.unpickler import StorageRef, Stub, TensorRef
+from ckptsurgeon.io.refs import TensorRef
+from ckptsurgeon.io.unpickler import Stub
 
 
 def ref(*shape: int, dtype: str = "float32") -> TensorRef:
-    numel = 1
-    for dim in shape:
-        numel *= dim
-    return TensorRef(StorageRef("0", dtype, numel), 0, shape, (1,) * len(shape), dtype)
+    return TensorRef("0", 0, shape, (1,) * len(shape), dtype)
 
 
 def state(*names: str) -> dict[str, TensorRef]:

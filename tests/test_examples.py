@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ KEYS_LISTING = REFERENCE / "yolov7_weights_keys.txt"
 OFFICIAL_LAYOUT = REFERENCE / "yolov7_official_pt_layout.txt"
 KINDS = ["se", "cbam", "eca"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # These models are tiny: extra intra-op threads only add contention (2x slower on a busy box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_listing(path: Path) -> list[tuple[str, tuple[int, ...], str]]:

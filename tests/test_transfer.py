@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,14 +22,6 @@ SE_KEYS = {f"feat{i}_att.fc.{j}.weight" for i in (1, 2, 3) for j in (0, 2)}
 CBAM_KEYS = {"backbone.dark3.1.channel.mlp.0.weight", "backbone.dark3.1.channel.mlp.2.weight",
              "backbone.dark3.1.spatial.conv.weight"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: extra intra-op threads only add contention on a busy box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

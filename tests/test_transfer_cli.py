@@ -27,13 +27,6 @@ KWARGS = {"num_classes": 2, "width": 1, "head_attention": "se", "backbone_insert
 NEW_KEYS = 9  # 6 SE weights in the head, 3 CBAM weights in dark3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path]:

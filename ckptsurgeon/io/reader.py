@@ -11,10 +11,10 @@ from ..errors import CheckpointFormatError, ContainerError
 from ..runtime import paused_gc
 from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
 from .prefixes import strip_wrapper_prefixes
-from .records import MappedRecords, RecordStore, file_size
+from .records import FileSpan, MappedRecords, RecordStore, file_size
 from .refs import TensorRef
 from .safetensors_file import MAX_HEADER, read_safetensors_header
-from .tensors import contiguous_bytes, extent_bytes, materialize
+from .tensors import contiguous_bytes, contiguous_span, extent_bytes, materialize
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C   # the first pickle of a pre-zip torch file
 
@@ -56,16 +56,20 @@ class Checkpoint(Mapping[str, Any]):
     allows). Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, values: dict[str, tuple[Any, RecordStore]], info: CheckpointInfo) -> None:
-        self._values = values
+    def __init__(self, values: dict[str, Any], records: RecordStore | dict[str, RecordStore],
+                 info: CheckpointInfo) -> None:
+        self._values = values      # name -> TensorRef / numpy array / torch tensor
+        self._records = records    # one store, or one per name (sharded checkpoints)
         self.info = info
         self.specs: dict[str, TensorSpec] = {
             name: TensorSpec(name, value.shape, value.dtype) if isinstance(value, TensorRef) else spec_of(name, value)
-            for name, (value, _) in values.items()}
+            for name, value in values.items()}
+
+    def records_of(self, name: str) -> RecordStore:
+        return self._records[name] if isinstance(self._records, dict) else self._records
 
     def __getitem__(self, name: str) -> Any:
-        value, records = self._values[name]
-        return materialize(value, records)
+        return materialize(self._values[name], self.records_of(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -75,20 +79,24 @@ class Checkpoint(Mapping[str, Any]):
 
     def is_parameter(self, name: str) -> bool | None:
         """True/False where the file says (pickled modules), None where it cannot."""
-        value = self._values[name][0]
+        value = self._values[name]
         return value.is_parameter if isinstance(value, TensorRef) and self.info.container_kind == "module" else None
 
     def requires_grad(self, name: str) -> bool | None:
         """A pickled module's parameter's saved ``requires_grad``; None for buffers and plain state dicts."""
-        return self._values[name][0].requires_grad if self.is_parameter(name) else None
+        return self._values[name].requires_grad if self.is_parameter(name) else None
+
+    def raw_span(self, name: str) -> FileSpan | None:
+        """Where the tensor's bytes lie in the file, when contiguous there (for file-to-file copies)."""
+        return contiguous_span(self._values[name], self.records_of(name))
 
     def raw_bytes(self, name: str) -> memoryview | None:
         """The tensor's bytes straight from the file, when contiguous there (no torch needed)."""
-        value, records = self._values[name]
-        return contiguous_bytes(value, records)
+        return contiguous_bytes(self._values[name], self.records_of(name))
 
     def close(self) -> None:
-        for records in {id(r): r for _, r in self._values.values()}.values():
+        stores = self._records.values() if isinstance(self._records, dict) else [self._records]
+        for records in {id(r): r for r in stores}.values():
             records.close()
 
     def __enter__(self) -> "Checkpoint":
@@ -177,7 +185,7 @@ def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> C
     tensors, stripped = strip_wrapper_prefixes(chosen.tensors)
     info = CheckpointInfo(path, kind, chosen.path, reason, _summaries(candidates, chosen), stripped,
                           tuple(sorted(stubbed)), trusted=trust, container_kind=chosen.kind)
-    return Checkpoint(_checked_extents({name: (value, records) for name, value in tensors.items()}), info)
+    return Checkpoint(_checked_extents(tensors, records), records, info)
 
 
 def _trusted_load(path: str, kind: str) -> Any:
@@ -204,29 +212,27 @@ def _open_safetensors(path: str, container: str | None) -> Checkpoint:
     parsed = read_safetensors_header(path)
     tensors, stripped = strip_wrapper_prefixes(dict(parsed.refs))
     info = CheckpointInfo(path, "safetensors", None, "", (), stripped, (), parsed.metadata)
-    return Checkpoint({name: (ref, parsed.records) for name, ref in tensors.items()}, info)
+    return Checkpoint(tensors, parsed.records, info)
 
 
-def _checked_extents(values: dict[str, tuple[Any, RecordStore]]) -> dict[str, tuple[Any, RecordStore]]:
+def _checked_extents(values: dict[str, Any], records: RecordStore) -> dict[str, Any]:
     """Refuse tensors whose bytes lie outside their record or the file (a truncated or damaged file),
     so that reading them later cannot fail half-way. Metadata only: no tensor data is read."""
-    sizes: dict[str, int] = {}
-    for name, (value, records) in values.items():
-        if not isinstance(value, TensorRef) or not getattr(records, "spans_loaded", False):
-            continue  # a torch zip's records are located, and checked, when first read
-        spans = records.spans
-        span = spans.get(value.storage.key)
+    if not getattr(records, "spans_loaded", False):
+        return values  # a torch zip's records are located, and checked, when first read
+    spans, size = records.spans, file_size(records.path)
+    for name, value in values.items():
+        if not isinstance(value, TensorRef):
+            continue
+        span = spans.get(value.key)
         if span is None:
-            raise CheckpointFormatError(f"{records.path}: '{name}' refers to storage record {value.storage.key}, "
+            raise CheckpointFormatError(f"{records.path}: '{name}' refers to storage record {value.key}, "
                                         f"which is not in the file; the file is damaged")
-        if records.path not in sizes:
-            sizes[records.path] = file_size(records.path)
         start, length = span
         needed = extent_bytes(value)
-        if value.offset < 0 or needed > length or start + length > sizes[records.path]:
+        if value.offset < 0 or needed > length or start + length > size:
             raise CheckpointFormatError(f"{records.path}: '{name}' needs {needed} bytes but its record holds "
-                                        f"{max(0, min(length, sizes[records.path] - start))}; the file is truncated "
-                                        f"or damaged")
+                                        f"{max(0, min(length, size - start))}; the file is truncated or damaged")
     return values
 
 
@@ -236,24 +242,29 @@ def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
         return open_checkpoint(_single_file_in(path), container=container, trust=trust)
     weight_map = _read_weight_map(index_path)
     folder = os.path.dirname(index_path)
-    values: dict[str, tuple[Any, RecordStore]] = {}
+    values: dict[str, Any] = {}
+    stores: dict[str, RecordStore] = {}
     shards = list(dict.fromkeys(weight_map.values()))
     stubbed: set[str] = set()
     for shard in shards:
         part = open_checkpoint(os.path.join(folder, shard), container=container, trust=trust)
         # The index names tensors as stored; undo a prefix the shard stripped on its own, strip once for all below.
         restore = "".join(part.info.stripped_prefixes)
-        values.update({restore + name: part._values[name] for name in part if weight_map.get(restore + name) == shard})
+        kept = [name for name in part if weight_map.get(restore + name) == shard]
+        values.update({restore + name: part._values[name] for name in kept})
+        stores.update({restore + name: part.records_of(name) for name in kept})
         stubbed.update(part.info.stubbed_globals)
     missing = [name for name in weight_map if name not in values]
     if missing:
         raise CheckpointFormatError(f"{index_path}: {len(missing)} tensors listed in the index are missing from "
                                     f"their shards, e.g. '{missing[0]}'")
-    values, stripped = strip_wrapper_prefixes(values)
+    prefix_free, stripped = strip_wrapper_prefixes(values)
+    stores = {name: stores[original] for name, original in zip(prefix_free, values)}
+    values = prefix_free
     kind = "safetensors-sharded" if shards[0].endswith(".safetensors") else "torch-sharded"
     info = CheckpointInfo(index_path, kind, stripped_prefixes=stripped, stubbed_globals=tuple(sorted(stubbed)),
                           shards=tuple(shards), trusted=trust)
-    return Checkpoint(values, info)
+    return Checkpoint(values, stores, info)
 
 
 def _find_index(path: str) -> str | None:

@@ -16,7 +16,7 @@ class StorageRef(NamedTuple):
 class TensorRef(NamedTuple):
     """A tensor described by the file's metadata, its data left where it is."""
 
-    storage: StorageRef
+    key: str                          # the storage record holding its bytes
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...] | None   # None: C-contiguous (safetensors)

@@ -14,8 +14,8 @@ from typing import BinaryIO, Iterable
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE, SAFETENSORS_CODE, SAFETENSORS_DTYPE, TensorSpec
-from .records import MappedRecords, file_size
-from .refs import StorageRef, TensorRef
+from .records import FileSpan, MappedRecords, copy_span, file_size
+from .refs import TensorRef
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -54,7 +54,8 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
     """Every entry checked against the file (sizes agree, bytes inside it), so reading cannot fail later."""
     refs: dict[str, TensorRef] = {}
     spans: dict[str, tuple[int, int]] = {}
-    for name, entry in header.items():
+    for name in list(header):   # popped one by one, so the parsed JSON is freed as the refs are built
+        entry = header.pop(name)
         try:
             dtype = SAFETENSORS_DTYPE[entry["dtype"]]
             shape = tuple(entry["shape"])
@@ -70,7 +71,7 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
             raise CheckpointFormatError(f"{path}: '{name}' needs {end - begin} bytes at {data_start + begin}, but the "
                                         f"file ends at {size}; the file is truncated")
         spans[name] = (data_start + begin, end - begin)
-        refs[name] = TensorRef(StorageRef(name, dtype, numel), 0, shape, None, dtype)  # stride None: contiguous
+        refs[name] = TensorRef(name, 0, shape, None, dtype)  # stride None: contiguous
     return refs, spans
 
 
@@ -99,11 +100,15 @@ def build_header(specs: Iterable[TensorSpec], metadata: dict[str, str] | None) -
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors_stream(handle: BinaryIO, specs: list[TensorSpec], chunks: Iterable[memoryview | bytes],
+def write_safetensors_stream(handle: BinaryIO, specs: list[TensorSpec], chunks: Iterable[memoryview | bytes | FileSpan],
                              metadata: dict[str, str] | None = None) -> None:
     """Write the header, then each tensor's bytes as they come, in ``specs`` order."""
     handle.write(build_header(specs, metadata))
     for spec, chunk in zip(specs, chunks, strict=True):
-        if len(chunk) != spec.nbytes:
-            raise CheckpointFormatError(f"'{spec.name}': got {len(chunk)} bytes, expected {spec.nbytes}")
-        handle.write(chunk)
+        size = chunk.length if isinstance(chunk, FileSpan) else len(chunk)
+        if size != spec.nbytes:
+            raise CheckpointFormatError(f"'{spec.name}': got {size} bytes, expected {spec.nbytes}")
+        if isinstance(chunk, FileSpan):
+            copy_span(chunk, handle)
+        else:
+            handle.write(chunk)

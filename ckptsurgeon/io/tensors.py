@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
-from .records import RecordStore
+from .records import FileSpan, RecordStore
 from .refs import TensorRef
 
 _NUMPY_INCOMPATIBLE = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "qint8", "quint8", "qint32"}
@@ -43,13 +43,13 @@ def extent_bytes(ref: TensorRef) -> int:
 
 def _checked_buffer(ref: TensorRef, records: RecordStore) -> memoryview:
     try:
-        buffer = records.buffer(ref.storage.key)
+        buffer = records.buffer(ref.key)
     except KeyError:
-        raise CheckpointFormatError(f"{records.path}: storage record {ref.storage.key} is not in the file; "
+        raise CheckpointFormatError(f"{records.path}: storage record {ref.key} is not in the file; "
                                     f"the file is damaged") from None
     if ref.offset < 0 or extent_bytes(ref) > len(buffer):
         raise CheckpointFormatError(f"{records.path}: a tensor needs {extent_bytes(ref)} bytes of record "
-                                    f"{ref.storage.key}, which holds {len(buffer)}; the file is truncated or damaged")
+                                    f"{ref.key}, which holds {len(buffer)}; the file is truncated or damaged")
     return buffer
 
 
@@ -58,6 +58,15 @@ def _writable(array: Any) -> Any:
 
     array = np.asarray(array)
     return array if array.flags.writeable else array.copy()
+
+
+def contiguous_span(value: Any, records: RecordStore) -> FileSpan | None:
+    """Where the tensor's bytes lie in the file, when they lie there contiguous; else None."""
+    data = contiguous_bytes(value, records)
+    if data is None or not hasattr(records, "spans"):
+        return None
+    size = ELEMENT_SIZE[value.dtype]
+    return FileSpan(records.path, records.spans[value.key][0] + value.offset * size, len(data))
 
 
 def contiguous_bytes(value: Any, records: RecordStore) -> memoryview | None:

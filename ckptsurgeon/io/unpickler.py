@@ -76,7 +76,7 @@ class Stub:
 def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: Any) -> Any:
     if not isinstance(storage, StorageRef):
         return Stub()
-    return TensorRef(storage, offset, tuple(size), tuple(stride), storage.dtype, bool(rest[0]) if rest else False)
+    return TensorRef(storage.key, offset, tuple(size), tuple(stride), storage.dtype, bool(rest[0]) if rest else False)
 
 
 def _rebuild_tensor_v3(storage: Any, offset: int, size: Any, stride: Any, requires_grad: Any,

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from ..errors import OutputError
 from ..specs import TensorSpec, spec_of
+from .records import FileSpan
 from .safetensors_file import write_safetensors_stream
 
 
@@ -87,11 +88,12 @@ def write_state_dict(path: str | os.PathLike, tensors: Mapping[str, Any], *, met
 
 
 def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Callable[[], Any]], *,
-                   metadata: Mapping[str, str] | None = None, raw: Callable[[str], memoryview | None] | None = None) -> str:
+                   metadata: Mapping[str, str] | None = None,
+                   raw: Callable[[str], memoryview | FileSpan | None] | None = None) -> str:
     """Write tensors produced one at a time, so only one needs to be in memory at once (safetensors).
 
     ``produce[name]()`` returns a torch tensor of ``specs``' shape and dtype; ``raw(name)``, when given,
-    may return the bytes directly (no torch needed) and is tried first.
+    may return the bytes directly, or where they lie in a file (no torch needed), and is tried first.
     """
     with atomic_output(path) as handle:
         if is_safetensors_path(path):
@@ -112,6 +114,7 @@ def _compact(tensor: Any) -> Any:
     return tensor
 
 
-def _bytes_of(name: str, produce: Mapping[str, Callable[[], Any]], raw: Callable[[str], memoryview | None] | None) -> memoryview:
+def _bytes_of(name: str, produce: Mapping[str, Callable[[], Any]],
+              raw: Callable[[str], memoryview | FileSpan | None] | None) -> memoryview | FileSpan:
     data = raw(name) if raw is not None else None
     return data if data is not None else tensor_bytes(produce[name]())
