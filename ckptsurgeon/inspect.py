@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import MappingError
@@ -19,8 +18,7 @@ class TensorRow(NamedTuple):
     requires_grad: bool | None = None  # live models (and pickled modules) only
 
 
-@dataclass(frozen=True)
-class Inspection:
+class Inspection(NamedTuple):
     """One inspected source; ``rows`` are those the filter kept, ``total_tensors`` counts all."""
 
     source: str
@@ -29,7 +27,6 @@ class Inspection:
     info: CheckpointInfo | None = None
     pattern: str | None = None
     warnings: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def numel(self) -> int:

@@ -8,7 +8,6 @@ from typing import Any, TextIO
 from . import __version__
 from .inspect import Inspection
 from .specs import format_shape
-from .tree import ModuleNode, build_tree
 
 INSPECT_SCHEMA = "ckptsurgeon.inspect/1"
 
@@ -88,13 +87,15 @@ def render_containers(inspection: Inspection) -> str:
 
 
 def render_tree(inspection: Inspection, depth: int | None = None) -> str:
+    from .tree import build_tree
+
     root = build_tree(row.spec for row in inspection.rows)
     lines = source_lines(inspection) + ["", f"<root>  {human_count(root.numel)} params  {root.tensors} tensors"]
     _tree_lines(root, 1, depth, lines)
     return "\n".join(lines + [""] + totals_lines(inspection) + warning_lines(inspection))
 
 
-def _tree_lines(node: ModuleNode, level: int, depth: int | None, out: list[str]) -> None:
+def _tree_lines(node: Any, level: int, depth: int | None, out: list[str]) -> None:
     if depth is not None and level > depth:
         return
     for child in node.children.values():

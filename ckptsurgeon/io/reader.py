@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from ..errors import CheckpointFormatError, ContainerError
 from ..runtime import paused_gc
@@ -24,16 +23,14 @@ _LEGACY_MAGIC_TEXT = b"L%dL\n" % LEGACY_MAGIC
 SINGLE_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
 
-@dataclass(frozen=True)
-class ContainerSummary:
+class ContainerSummary(NamedTuple):
     path: str
     kind: str
     tensors: int
     chosen: bool
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
+class CheckpointInfo(NamedTuple):
     """What the reader found and decided, for reports."""
 
     path: str
@@ -43,7 +40,7 @@ class CheckpointInfo:
     containers: tuple[ContainerSummary, ...] = ()
     stripped_prefixes: tuple[str, ...] = ()
     stubbed_globals: tuple[str, ...] = ()
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = {}   # never mutated: safetensors metadata is copied in
     shards: tuple[str, ...] = ()
     trusted: bool = False
     container_kind: str = "state_dict"   # "module" when tensors came from a pickled nn.Module

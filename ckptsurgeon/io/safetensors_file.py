@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, NamedTuple
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE, SAFETENSORS_CODE, SAFETENSORS_DTYPE, TensorSpec
@@ -20,8 +19,7 @@ from .refs import TensorRef
 MAX_HEADER = 100 * 1024 * 1024
 
 
-@dataclass
-class SafetensorsFile:
+class SafetensorsFile(NamedTuple):
     path: str
     refs: dict[str, TensorRef]
     metadata: dict[str, str]
@@ -39,7 +37,7 @@ def read_safetensors_header(path: str) -> SafetensorsFile:
             raise CheckpointFormatError(f"{path}: safetensors header length {length} is past the end of the file; "
                                         f"the file is truncated or not safetensors")
         try:
-            header = json.loads(handle.read(length))
+            header = json.loads(handle.read(length), object_pairs_hook=_compact_entry)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
@@ -47,6 +45,24 @@ def read_safetensors_header(path: str) -> SafetensorsFile:
     metadata = header.pop("__metadata__", None) or {}
     refs, spans = _parse_entries(header, 8 + length, file_size(path), path)
     return SafetensorsFile(path, refs, dict(metadata), MappedRecords(path, spans))
+
+
+class _Entry(NamedTuple):
+    dtype: str
+    shape: tuple
+    begin: Any
+    end: Any
+
+
+def _compact_entry(pairs: list[tuple[str, Any]]) -> Any:
+    """JSON objects as they are parsed: a tensor entry becomes a small tuple at once (100k entries as dicts
+    would cost tens of MB more at the peak)."""
+    if len(pairs) == 3:
+        entry = dict(pairs)
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if "dtype" in entry and isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2:
+            return _Entry(entry["dtype"], tuple(shape), offsets[0], offsets[1])
+    return dict(pairs)
 
 
 def _parse_entries(header: dict, data_start: int, size: int, path: str
@@ -57,9 +73,9 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
     for name in list(header):   # popped one by one, so the parsed JSON is freed as the refs are built
         entry = header.pop(name)
         try:
-            dtype = SAFETENSORS_DTYPE[entry["dtype"]]
-            shape = tuple(entry["shape"])
-            begin, end = entry["data_offsets"]
+            if not isinstance(entry, _Entry):
+                entry = _Entry(entry["dtype"], tuple(entry["shape"]), *entry["data_offsets"])
+            dtype, shape, begin, end = SAFETENSORS_DTYPE[entry.dtype], entry.shape, entry.begin, entry.end
             numel = math.prod(shape)
             valid = type(begin) is int and type(end) is int and all(type(d) is int and d >= 0 for d in shape)
         except (KeyError, TypeError, ValueError) as exc:

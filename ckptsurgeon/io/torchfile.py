@@ -46,8 +46,9 @@ def read_torch_zip(path: str) -> Unpickled:
         order = next((e for e in head if e.name == root + "byteorder"), None)
         if order is not None:
             _check_byteorder(archive.read(order), path)
-        unpickler = SafeUnpickler(io.BytesIO(archive.read(pickled)), storage_key=lambda pid: str(pid[2]))
-        obj = _load(unpickler, path)
+        with archive.stream(pickled) as pickle_bytes:
+            unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]))
+            obj = _load(unpickler, path)
     finally:
         archive.close()
     return Unpickled(obj, MappedRecords(path, locate=lambda: _record_spans(path, root + "data/")), unpickler.stubbed)
@@ -97,7 +98,7 @@ def read_torch_legacy(path: str) -> Unpickled:
         sys_info = _load(SafeUnpickler(handle), path)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
-        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]))
+        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]), remember_storages=True)
         obj = _load(unpickler, path)
         keys = _load(SafeUnpickler(handle), path)
         spans = _legacy_spans(handle, keys, unpickler.storages, path)

@@ -19,6 +19,11 @@ from ..specs import STORAGE_DTYPE, dtype_name
 from .refs import StorageRef, TensorRef
 
 
+class PlainOrderedDict(dict):
+    """Stands for ``collections.OrderedDict``: insertion-ordered too, and smaller (a pickled tensor carries one
+    for its hooks, so 100k tensors make 100k of them); takes attributes such as a state dict's ``_metadata``."""
+
+
 class DtypeName(str):
     """Stands for a ``torch.<dtype>`` global (``torch.float16``) without importing torch."""
 
@@ -147,7 +152,7 @@ def _guard_frombuffer(np: Any) -> Callable[..., Any]:
 
 
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): PlainOrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
@@ -185,11 +190,13 @@ class SafeUnpickler(pickle.Unpickler):
             ``None`` for plain pickles (which then may not carry persistent ids).
     """
 
-    def __init__(self, file: io.BufferedIOBase, storage_key: Callable[[tuple], str] | None = None) -> None:
+    def __init__(self, file: io.BufferedIOBase, storage_key: Callable[[tuple], str] | None = None, *,
+                 remember_storages: bool = False) -> None:
         super().__init__(file, encoding="latin1")
         self._storage_key = storage_key
         self.stubbed: dict[str, int] = {}
-        self.storages: dict[str, StorageRef] = {}
+        # Legacy files size their raw storages by the pickle's dtypes; zip files need no such record.
+        self.storages: dict[str, StorageRef] | None = {} if remember_storages else None
         self._stub_classes: dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -221,7 +228,8 @@ class SafeUnpickler(pickle.Unpickler):
         storage_type, numel = pid[1], pid[4]
         dtype = storage_type.dtype if isinstance(storage_type, StorageType) else "uint8"
         ref = StorageRef(self._storage_key(pid), dtype, int(numel))
-        self.storages[ref.key] = ref
+        if self.storages is not None:
+            self.storages[ref.key] = ref
         return ref
 
 

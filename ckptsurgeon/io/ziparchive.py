@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from ..errors import CheckpointFormatError
 
@@ -90,13 +90,24 @@ class ZipArchive:
             raise CheckpointFormatError(f"{self.path}: damaged local header for {entry.name}")
         return entry.header_offset + _LOCAL.size + fields[9] + fields[10]
 
-    def read(self, entry: Entry) -> bytes:
+    def stream(self, entry: Entry) -> BinaryIO:
+        """A file positioned at an entry's bytes (a pickle reads only what it needs: no copy of it all)."""
+        start = self._checked_start(entry)
+        handle = open(self.path, "rb")
+        handle.seek(start)
+        return handle
+
+    def _checked_start(self, entry: Entry) -> int:
         if entry.compression != STORED:
             raise CheckpointFormatError(f"{self.path}: record {entry.name} is compressed; torch writes records "
                                         f"uncompressed, so re-save the checkpoint with torch.save")
         start = self.data_start(entry)
         if start + entry.size > len(self.map):
             raise CheckpointFormatError(f"{self.path}: record {entry.name} runs past the end; the file is truncated")
+        return start
+
+    def read(self, entry: Entry) -> bytes:
+        start = self._checked_start(entry)
         return self.map[start:start + entry.size]
 
     def close(self) -> None:
