@@ -17,8 +17,8 @@ import ckptsurgeon.cli.inspect_cmds  # noqa: F401  (registers the commands)
 from ckptsurgeon.cli import cli
 from ckptsurgeon.errors import ContainerError
 from ckptsurgeon.io import open_checkpoint
-from ckptsurgeon.io.containers import (Candidate, choose_candidate, find_candidates, module_state,
-                                       strip_wrapper_prefixes)
+from ckptsurgeon.io.containers import Candidate, choose_candidate, find_candidates, module_state
+from ckptsurgeon.io.prefixes import strip_wrapper_prefixes
 from ckptsurgeon.io.refs import TensorRef
 from ckptsurgeon.io.unpickler import Stub
 

@@ -307,3 +307,17 @@ def test_dtype_change_is_a_copy_with_a_cast():
     plan = make_plan(specs({"w": (2, 2)}, "float16"), specs({"w": (2, 2)}, "float32"))
     step = plan.step_for("w")
     assert step.action == COPY and step.is_cast
+
+
+def test_large_containers_still_report_an_identical_insertion_as_ambiguous():
+    from ckptsurgeon.match.align import MAX_DP_CELLS, align_sequences, alternative_alignment
+
+    a = list(range(300))
+    b = a[:150] + [149] + a[150:]          # a copy of module 149 inserted after it
+    assert len(a) * len(b) > MAX_DP_CELLS   # the near-linear path, not the exact one
+    chosen = align_sequences(a, b)
+    assert chosen[:150] == [(k, k) for k in range(150)] and (150, 151) in chosen
+    other = alternative_alignment(a, b, chosen)
+    assert other is not None and (149, 150) in other and len(other) == len(chosen)
+    unique = a[:150] + [1000] + a[150:]
+    assert alternative_alignment(a, unique, align_sequences(a, unique)) is None

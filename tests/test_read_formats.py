@@ -11,12 +11,9 @@ import copy
 import importlib
 import importlib.abc
 import json
-import os
 import pickle
 import shutil
 import sys
-import textwrap
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,6 +25,7 @@ from torch import nn
 
 from ckptsurgeon.io import open_checkpoint, read_specs
 from ckptsurgeon.specs import TensorSpec
+from tempmodules import temporary_module
 
 
 class ConvBnHead(nn.Module):
@@ -212,25 +210,6 @@ class Net(nn.Module):
         self.stem.bn.running_mean.uniform_(-1, 1)
         self.stem.bn.num_batches_tracked.fill_(3)
 '''
-
-
-@contextlib.contextmanager
-def temporary_module(folder: Path, source: str) -> Iterator[Any]:
-    """Import ``source`` as a uniquely named module from ``folder``; afterwards the module, its file and
-    its sys.path entry are all gone, so nothing can import it again."""
-    name = f"ckst_tmp_{uuid.uuid4().hex[:12]}"
-    path = folder / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(name, None)
-        path.unlink()
-        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
-        importlib.invalidate_caches()
 
 
 class ImportRecorder(importlib.abc.MetaPathFinder):

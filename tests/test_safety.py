@@ -5,18 +5,12 @@ Each payload is real: ``test_payload_is_live`` shows that plain ``pickle.loads``
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 import pickle
-import shutil
 import subprocess
-import sys
-import textwrap
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +19,7 @@ from torch import nn
 
 from ckptsurgeon.errors import CheckpointFormatError
 from ckptsurgeon.io import open_checkpoint
+from tempmodules import temporary_module
 
 MARKER = "MARKER"
 
@@ -205,22 +200,8 @@ class Benign(nn.Module):
 '''
 
 
-@contextlib.contextmanager
-def importable_module(folder: Path, source: str) -> Iterator[Any]:
-    name = f"ckst_benign_{uuid.uuid4().hex[:12]}"
-    (folder / f"{name}.py").write_text(textwrap.dedent(source))
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(name, None)
-        shutil.rmtree(folder / "__pycache__", ignore_errors=True)
-
-
 def test_trust_runs_real_classes_and_gives_the_same_tensors(tmp_path: Path) -> None:
-    with importable_module(tmp_path, BENIGN_SOURCE) as module:
+    with temporary_module(tmp_path, BENIGN_SOURCE) as module:
         torch.manual_seed(0)
         model = module.Benign()
         torch.save({"model": model, "epoch": 2}, tmp_path / "benign.pt")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from ..errors import ContainerError
-from .prefixes import WRAPPER_PREFIXES, strip_wrapper_prefixes  # noqa: F401  (re-exported)
 from .refs import TensorRef
 from .unpickler import Stub
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 from ..errors import CheckpointFormatError, ContainerError
 from ..runtime import paused_gc
-from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
+from ..specs import TensorSpec, spec_of
 from .prefixes import strip_wrapper_prefixes
 from .records import FileSpan, MappedRecords, RecordStore, file_size
 from .refs import TensorRef

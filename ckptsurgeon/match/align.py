@@ -128,24 +128,26 @@ def _through(a: Sequence[int], b: Sequence[int], a_names: Sequence[int], b_names
 def _alternative_near_gaps(a: Sequence[int], b: Sequence[int], chosen: Pairs) -> Pairs | None:
     """Large containers: an unmatched module whose signature equals that of the nearest matched module on
     either side (skipping unmatched ones) could take that module's partner instead."""
-    by_b = {j: i for i, j in chosen}
-    for j in range(len(b)):
-        if j in by_b:
+    move = _one_shift(b, {j: i for i, j in chosen})
+    if move is not None:
+        k, j = move
+        return sorted([(i, y) for i, y in chosen if y != k] + [(dict((y, i) for i, y in chosen)[k], j)])
+    move = _one_shift(a, {i: j for i, j in chosen})
+    if move is not None:
+        k, i = move
+        return sorted([(x, j) for x, j in chosen if x != k] + [(i, dict(chosen)[k])])
+    return None
+
+
+def _one_shift(seq: Sequence[int], matched: dict[int, int]) -> tuple[int, int] | None:
+    """(k, j): the matched position k whose partner the unmatched position j could take instead."""
+    for j in range(len(seq)):
+        if j in matched:
             continue
         for step in (-1, 1):
             k = j + step
-            while 0 <= k < len(b) and k not in by_b:
+            while 0 <= k < len(seq) and k not in matched:
                 k += step
-            if 0 <= k < len(b) and b[k] == b[j]:
-                return sorted([(i, y) for i, y in chosen if y != k] + [(by_b[k], j)])
-    by_a = {i: j for i, j in chosen}
-    for i in range(len(a)):
-        if i in by_a:
-            continue
-        for step in (-1, 1):
-            k = i + step
-            while 0 <= k < len(a) and k not in by_a:
-                k += step
-            if 0 <= k < len(a) and a[k] == a[i]:
-                return sorted([(x, j) for x, j in chosen if x != k] + [(i, by_a[k])])
+            if 0 <= k < len(seq) and seq[k] == seq[j]:
+                return k, j
     return None
