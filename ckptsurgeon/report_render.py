@@ -132,8 +132,17 @@ def new_rows(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
     groups: dict[tuple[str, str], list[str]] = {}
     for step in _counted(steps):
         if step.action == INIT:
-            groups.setdefault((describe_how(step.method), step.reason), []).append(step.target)
+            groups.setdefault((describe_how(step.method), _reason_kind(step)), []).append(step.target)
     return [(line, how, reason) for (how, reason), names in groups.items() for line in group_names(names)]
+
+
+def _reason_kind(step: Step) -> str:
+    """Per-key shape details are listed under the unused source tensors; here they group as one kind."""
+    if step.source_shape is None and step.reason.startswith("shape mismatch"):
+        extra = step.reason.split("; ", 2)[2:]   # --init notes, if any
+        return "; ".join(["shape mismatch with its source (see unused source tensors); use it with --resize "
+                          "'PATTERN=METHOD'"] + extra)
+    return step.reason
 
 
 def unused_rows(report: "Report") -> list[tuple[str, str, str]]:
