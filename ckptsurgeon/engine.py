@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping
 
 from .errors import GateFailed, MappingError
 from .io import Checkpoint, CheckpointInfo, open_checkpoint
-from .match import make_plan
+from .match.planner import plan_with_options
 from .match.rules import compile_pattern
-from .plan import INIT, Plan, is_bookkeeping
+from .plan import INIT, Plan, PlanOptions, is_bookkeeping
 from .specs import TensorSpec, specs_of
 
 
@@ -26,13 +26,9 @@ class Gates:
 
 @dataclass(frozen=True)
 class TransferOptions:
-    rename: tuple[str, ...] = ()
-    resize: tuple[str, ...] = ()
-    init: tuple[str, ...] = ()
-    order_fallback: bool = False
+    plan: PlanOptions = field(default_factory=PlanOptions)   # rename, resize, init, order fallback, seed
     container: str | None = None
     trust: bool = False
-    seed: int | None = None
     gates: Gates = field(default_factory=Gates)
 
 
@@ -82,8 +78,7 @@ def source_specs(source: Mapping[str, Any]) -> dict[str, TensorSpec]:
 
 def plan_transfer(source_specs_: Mapping[str, TensorSpec], target_specs: Mapping[str, TensorSpec],
                   options: TransferOptions, tied: Iterable[Iterable[str]] = ()) -> Plan:
-    return make_plan(source_specs_, target_specs, rename=options.rename, resize=options.resize,
-                     init=options.init, order_fallback=options.order_fallback, tied=tied, seed=options.seed)
+    return plan_with_options(source_specs_, target_specs, options.plan, tied)
 
 
 def transfer(source: Any, model: Any, *, rename: Iterable[str] = (), resize: Iterable[str] = (),
@@ -107,8 +102,8 @@ def transfer(source: Any, model: Any, *, rename: Iterable[str] = (), resize: Ite
     from .apply import apply_to_model, tied_groups
     from .report import Report
 
-    options = TransferOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, container, trust, seed,
-                              Gates(strict, tuple(allow_unused), tuple(allow_new), min_coverage))
+    options = TransferOptions(PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed),
+                              container, trust, Gates(strict, tuple(allow_unused), tuple(allow_new), min_coverage))
     checkpoint, label, info = _source_checkpoint(source, options)
     plan = plan_transfer(source_specs(checkpoint), specs_of(model.state_dict()), options, tied_groups(model))
     failures = tuple(check_gates(plan, options.gates))

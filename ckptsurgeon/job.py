@@ -70,9 +70,9 @@ class TransferJob:
         from .apply import apply_to_model, write_plan
 
         if self.template_path:
-            write_plan(plan, source, target, self.out, seed=self.options.seed, metadata=metadata)
+            write_plan(plan, source, target, self.out, seed=self.options.plan.seed, metadata=metadata)
             return
-        apply_to_model(plan, source, target, seed=self.options.seed)
+        apply_to_model(plan, source, target, seed=self.options.plan.seed)
         write_state_dict(self.out, target.state_dict(), metadata=metadata, inputs=[self.source_path], force=True)
 
 

@@ -42,13 +42,14 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
     what a --resize rule covers is resized, the rest keeps the target's values or an --init.
     """
     from ..engine import Gates, TransferOptions
+    from ..plan import PlanOptions
     from ..job import TransferJob
 
     if (template is None) == (model_spec is None):
         _fail_usage("give the target as either --target TEMPLATE or --model MODULE:CALLABLE")
     if out is None and not dry_run:
         _fail_usage("give -o OUT, or --dry-run to only see the plan")
-    options = TransferOptions(rename, resize, init_rules, order_fallback, container, trust, seed,
+    options = TransferOptions(PlanOptions(rename, resize, init_rules, order_fallback, seed), container, trust,
                               Gates(strict, allow_unused, allow_new, min_coverage))
     job = TransferJob(source, options, template=template, model_spec=model_spec, model_kwargs=model_kwargs,
                       model_path=model_path, out=out, force=force)

@@ -42,9 +42,15 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
         tied: groups of target keys that share one tensor (a source for one feeds them all).
         seed: recorded in the plan for the initialisers.
     """
+    options = PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed)
+    return plan_with_options(source, target, options, tied)
+
+
+def plan_with_options(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
+                      tied: Iterable[Iterable[str]] = ()) -> Plan:
+    """:func:`make_plan` with its options already gathered (the transfer engine and recipes pass them whole)."""
     with paused_gc():
-        return _make_plan(source, target, PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed),
-                          tied)
+        return _make_plan(source, target, options, tied)
 
 
 def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
