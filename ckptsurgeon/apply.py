@@ -122,10 +122,10 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
     produce = {step.target: (lambda s=step: tensor_for_step(s, source, lambda: template[s.target], seed))
                for step in plan.steps}
     return write_streamed(output, specs, produce, metadata=metadata,
-                          raw=lambda name: _raw_bytes(by_target[name], source, template))
+                          raw=lambda name: _raw_span(by_target[name], source, template))
 
 
-def _raw_bytes(step: Step, source: Any, template: Any) -> Any:
+def _raw_span(step: Step, source: Any, template: Any) -> Any:
     """Where a plain copy's (or a kept initial value's) bytes lie in a file, or None."""
     if step.action == COPY and step.source_dtype == step.target_dtype and hasattr(source, "raw_span"):
         return source.raw_span(step.source)

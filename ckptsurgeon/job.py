@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .errors import OutputError
 from .io import open_checkpoint
-from .io.writer import check_output_path, write_state_dict
+from .io.writer import check_output_path, same_path, write_state_dict
 from .engine import TransferOptions, check_gates, plan_transfer
 from .specs import specs_of
 
@@ -41,7 +40,7 @@ class TransferJob:
         if self.out and not dry_run:
             check_output_path(self.out, inputs=inputs, force=self.force)
         for report_path in (report_json, report_md):
-            if report_path and any(os.path.abspath(report_path) == os.path.abspath(p) for p in inputs + [self.out or ""]):
+            if report_path and any(same_path(report_path, p) for p in inputs + ([self.out] if self.out else [])):
                 raise OutputError(f"{report_path}: the report would overwrite an input or OUT; choose another name")
         source = open_checkpoint(self.source_path, container=self.options.container, trust=self.options.trust)
         target, label, tied = self._target()

@@ -17,14 +17,18 @@ from .records import FileSpan
 from .safetensors_file import write_safetensors_stream
 
 
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same file: by name, or through a link when both exist."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> str:
     """Refuse to overwrite an input, or an existing file without ``force``; returns the path as str."""
     path = os.fspath(path)
-    for source in inputs:
-        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
-            raise OutputError(f"{path}: the output is also an input; write to another file")
-        if os.path.abspath(path) == os.path.abspath(os.fspath(source)):
-            raise OutputError(f"{path}: the output is also an input; write to another file")
+    if any(same_path(path, source) for source in inputs):
+        raise OutputError(f"{path}: the output is also an input; write to another file")
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'model.safetensors')}")
     if os.path.exists(path) and not force:
