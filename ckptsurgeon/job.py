@@ -60,7 +60,7 @@ class TransferJob:
         if self.template_path:
             return open_checkpoint(self.template_path), self.template_path, []
         from .apply import tied_groups
-        from .cli.options import load_model
+        from .modelspec import load_model
 
         model = load_model(self.model_spec, self.model_kwargs, self.model_path)
         return model, f"--model {self.model_spec}", tied_groups(model)

@@ -22,6 +22,11 @@ def parse_model_kwargs(text: str | None) -> dict[str, Any]:
     return kwargs
 
 
+def load_model(spec: str, kwargs_json: str | None = None, search_path: str | None = None) -> Any:
+    """``--model``, ``--model-kwargs`` and ``--model-path`` as given on the command line, to a built model."""
+    return build_model(spec, parse_model_kwargs(kwargs_json), search_path=search_path)
+
+
 def build_model(spec: str, kwargs: dict[str, Any] | None = None, *, search_path: str | None = None) -> Any:
     """Import ``module.path:callable`` (optionally from ``search_path``) and call it with ``kwargs``."""
     module_name, sep, attr = spec.partition(":")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import cli
-from .options import container_options, force_option, load_model, model_options
+from .options import container_options, force_option, model_options
 
 
 @cli.command()
@@ -28,6 +28,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
     Reads no tensor data and runs no code from the file (unless --trust).
     """
     from ..inspect import inspect_checkpoint, inspect_model
+    from ..modelspec import load_model
     from ..views import render_containers, render_table, render_tree, write_inspection_json
 
     if (path is None) == (model_spec is None):

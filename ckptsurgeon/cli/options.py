@@ -28,8 +28,3 @@ def model_options(func: F) -> F:
 def force_option(func: F) -> F:
     return click.option("--force", is_flag=True, help="Replace OUT if it exists.")(func)
 
-
-def load_model(model_spec: str, model_kwargs: str | None, model_path: str | None) -> Any:
-    from ..modelspec import build_model, parse_model_kwargs
-
-    return build_model(model_spec, parse_model_kwargs(model_kwargs), search_path=model_path)
