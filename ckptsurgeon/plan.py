@@ -21,6 +21,8 @@ PREFIX = "prefix"          # a consistent prefix move (added, removed or replace
 ALIGN = "align"            # structural alignment inside a numbered container (indices shifted)
 SIGNATURE = "signature"    # renamed sibling modules paired by their unique signature / name similarity
 ORDER = "order"            # the opt-in order-based fallback
+MOVE = "move"              # a sub-tree found elsewhere in the model (a backbone under a new wrapper)
+REGROUP = "regroup"        # leaf modules regrouped under new parents inside two paired modules
 TIED = "tied"              # a target key tied to another target key that got this source
 
 # Reasons a source key is unused
@@ -30,6 +32,7 @@ AMBIGUOUS = "ambiguous"
 DROPPED = "dropped by rule"
 
 KEEP_TARGET = "target"    # init method: keep whatever the target's constructor produced
+DEFAULT_SEED = 0          # the initialisers' seed when none is given
 
 
 class Step(NamedTuple):
@@ -83,7 +86,11 @@ class PlanOptions:
     resize: tuple[str, ...] = ()
     init: tuple[str, ...] = ()
     order_fallback: bool = False
-    seed: int | None = None
+    seed: int | None = DEFAULT_SEED   # None is taken as DEFAULT_SEED, so the plan records the seed in use
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            object.__setattr__(self, "seed", DEFAULT_SEED)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rename": list(self.rename), "resize": list(self.resize), "init": list(self.init),

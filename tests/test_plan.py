@@ -253,12 +253,21 @@ def test_renamed_siblings_pair_by_unique_signature():
 
 
 def test_identical_siblings_with_unrelated_names_load_nothing_and_say_why():
-    source = {"attn.query.weight": (16, 16), "attn.key.weight": (16, 16), "attn.value.weight": (16, 16)}
-    target = {"attn.q_proj.weight": (16, 16), "attn.k_proj.weight": (16, 16), "attn.v_proj.weight": (16, 16)}
+    source = {"attn.left.weight": (16, 16), "attn.middle.weight": (16, 16), "attn.right.weight": (16, 16)}
+    target = {"attn.a.weight": (16, 16), "attn.b.weight": (16, 16), "attn.c.weight": (16, 16)}
     plan = make_plan(specs(source), specs(target))
     assert all(step.action == INIT for step in plan.steps)
     assert {u.reason for u in plan.unused} == {AMBIGUOUS}
     assert plan.ambiguities and "--rename" in plan.ambiguities[0].rename_rule
+
+
+def test_identical_siblings_pair_by_the_abbreviations_libraries_use():
+    source = {f"attn.{name}.weight": (16, 16) for name in ("query", "key", "value", "output")}
+    target = {f"attn.{name}_proj.weight": (16, 16) for name in ("q", "k", "v", "o")}
+    plan = make_plan(specs(source), specs(target))
+    assert sources_of(plan) == {"attn.q_proj.weight": "attn.query.weight", "attn.k_proj.weight": "attn.key.weight",
+                                "attn.v_proj.weight": "attn.value.weight", "attn.o_proj.weight": "attn.output.weight"}
+    assert plan.ambiguities == () and plan.unused == ()
 
 
 def test_identical_siblings_pair_where_names_are_clearly_similar():

@@ -1,0 +1,91 @@
+"""How alike two modules or two names are: the partial evidence behind pairs that are not identical.
+
+- :func:`partial_weight`: two modules that share relative tensor names (a block that got a child, a conv
+  whose channels changed) pair by how much of their names and shapes they share. Modules that share no
+  tensor name never pair this way.
+- :func:`bag_similarity`: the shapes alone, for sub-trees whose names all changed (a library's renamed
+  layers).
+- :func:`similar_pairs`: names that clearly belong together, by shared tokens (with the abbreviations
+  libraries use: ``query``/``q``, ``output``/``o``...) or, failing that, by spelling.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from .nodes import Node
+
+RESOLUTION = 1000
+PARTIAL_MAX = 1 + RESOLUTION * (RESOLUTION + 1) + RESOLUTION
+
+
+def partial_weight(source: Node, target: Node) -> int:
+    """0 when the modules share no relative tensor name; otherwise 1 + the share of (name, shape) entries,
+    then the share of names, each in thousandths (shapes first: the module that changed least wins)."""
+    s_rel, t_rel = source.relative, target.relative
+    common_names = sum(1 for name in t_rel if name in s_rel)
+    if not common_names:
+        return 0
+    common_entries = sum(1 for name, shape in t_rel.items() if s_rel.get(name) == shape)
+    names_union = len(s_rel) + len(t_rel) - common_names
+    entries_union = len(s_rel) + len(t_rel) - common_entries
+    return (1 + (RESOLUTION * common_entries // entries_union) * (RESOLUTION + 1)
+            + RESOLUTION * common_names // names_union)
+
+
+def bag_similarity(source: Node, target: Node) -> float:
+    """The share of tensor shapes two sub-trees have in common, names aside (0..1)."""
+    s_bag, t_bag = source.bag, target.bag
+    common = sum((s_bag & t_bag).values())
+    return common / max(sum(s_bag.values()), sum(t_bag.values()), 1)
+
+
+# Spellings libraries use for the same part; each maps to one token.
+_ABBREVIATIONS = {"query": "q", "key": "k", "value": "v", "output": "o", "out": "o", "attention": "attn",
+                  "projection": "proj", "batchnorm": "bn", "layernorm": "ln", "embedding": "embed",
+                  "embeddings": "embed", "convolution": "conv"}
+_SPLIT = re.compile(r"[._\-]+|(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])")
+
+
+def name_tokens(name: str) -> set[str]:
+    """``attention.query`` -> {attn, q}; ``o_proj`` -> {o, proj}; ``fc1`` -> {fc, 1}."""
+    tokens = (part.lower() for part in _SPLIT.split(name) if part)
+    return {_ABBREVIATIONS.get(token, token) for token in tokens}
+
+
+def similar_pairs(s_names: list[str], t_names: list[str], margin: float = 0.2, floor: float = 0.6
+                  ) -> list[tuple[str, str]]:
+    """Pairs of names that clearly belong together: mutual best by shared tokens (a strict best), then,
+    among the rest, mutual best spellings that beat every other candidate by ``margin``."""
+    s_tokens = {name: name_tokens(name) for name in s_names}
+    t_tokens = {name: name_tokens(name) for name in t_names}
+
+    def shared(s: str, t: str) -> float:
+        return len(s_tokens[s] & t_tokens[t])
+
+    pairs = _mutual_best(s_names, t_names, shared, margin=0.5, floor=1)
+    s_rest = [n for n in s_names if n not in {s for s, _ in pairs}]
+    t_rest = [n for n in t_names if n not in {t for _, t in pairs}]
+
+    def spelling(s: str, t: str) -> float:
+        return difflib.SequenceMatcher(None, s, t).ratio()
+
+    return pairs + _mutual_best(s_rest, t_rest, spelling, margin, floor)
+
+
+def _mutual_best(s_names: list[str], t_names: list[str], score, margin: float, floor: float) -> list[tuple[str, str]]:
+    def best(scores: list[tuple[float, str]]) -> str | None:
+        scores.sort(reverse=True)
+        if not scores or scores[0][0] < floor:
+            return None
+        if len(scores) > 1 and scores[0][0] - scores[1][0] < margin:
+            return None
+        return scores[0][1]
+
+    pairs = []
+    for t in t_names:
+        s = best([(score(s, t), s) for s in s_names])
+        if s is not None and best([(score(s, other), other) for other in t_names]) == t:
+            pairs.append((s, t))
+    return pairs
