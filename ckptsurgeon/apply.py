@@ -10,9 +10,7 @@ import zlib
 from typing import Any, Callable, Mapping
 
 from .errors import MappingError
-from .plan import COPY, INIT, KEEP_TARGET, RESIZE, Plan, Step, is_bookkeeping
-
-DEFAULT_SEED = 0
+from .plan import COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, Plan, Step, is_bookkeeping
 
 
 def step_generator(seed: int | None, name: str) -> Any:

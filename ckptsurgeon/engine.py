@@ -76,6 +76,18 @@ def source_specs(source: Mapping[str, Any]) -> dict[str, TensorSpec]:
     return dict(source.specs) if isinstance(source, Checkpoint) else specs_of(source)
 
 
+def target_parameters(target: Any) -> frozenset[str] | None:
+    """The target keys that are parameters rather than buffers: a live model's ``named_parameters``, or what
+    a pickled-module template says; None when the target cannot tell (a plain state dict or safetensors)."""
+    if hasattr(target, "named_parameters"):
+        return frozenset(name for name, _ in target.named_parameters(remove_duplicate=False))
+    if isinstance(target, Checkpoint):
+        kinds = {name: target.is_parameter(name) for name in target}
+        if kinds and all(kind is not None for kind in kinds.values()):
+            return frozenset(name for name, kind in kinds.items() if kind)
+    return None
+
+
 def plan_transfer(source_specs_: Mapping[str, TensorSpec], target_specs: Mapping[str, TensorSpec],
                   options: TransferOptions, tied: Iterable[Iterable[str]] = ()) -> Plan:
     return plan_with_options(source_specs_, target_specs, options.plan, tied)
@@ -107,13 +119,14 @@ def transfer(source: Any, model: Any, *, rename: Iterable[str] = (), resize: Ite
     checkpoint, label, info = _source_checkpoint(source, options)
     plan = plan_transfer(source_specs(checkpoint), specs_of(model.state_dict()), options, tied_groups(model))
     failures = tuple(check_gates(plan, options.gates))
-    report = Report(plan, label, type(model).__name__, info, gate_failures=failures)
+    parameters = target_parameters(model)
+    report = Report(plan, label, type(model).__name__, info, gate_failures=failures, parameters=parameters)
     if failures:
         raise_gate(report)
     if dry_run:
         return report
-    apply_to_model(plan, checkpoint, model, seed=seed)
-    return Report(plan, label, type(model).__name__, info, applied=True)
+    apply_to_model(plan, checkpoint, model, seed=options.plan.seed)
+    return Report(plan, label, type(model).__name__, info, applied=True, parameters=parameters)
 
 
 def raise_gate(report: Any) -> None:

@@ -37,9 +37,15 @@ class Inspection(NamedTuple):
         return sum(row.spec.nbytes for row in self.rows)
 
     @property
+    def kinds_known(self) -> bool:
+        """Whether the source says which tensors are parameters and which buffers (live models, pickled
+        modules); a plain state dict does not."""
+        return any(row.kind for row in self.rows)
+
+    @property
     def parameters(self) -> int:
         """Elements of parameters where the source says which tensors are parameters, else of all tensors."""
-        if any(row.kind for row in self.rows):
+        if self.kinds_known:
             return sum(row.spec.numel for row in self.rows if row.kind == "parameter")
         return self.numel
 

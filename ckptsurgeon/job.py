@@ -7,7 +7,7 @@ from typing import Any
 from .errors import OutputError
 from .io import open_checkpoint
 from .io.writer import check_output_path, same_path, write_state_dict
-from .engine import TransferOptions, check_gates, plan_transfer
+from .engine import TransferOptions, check_gates, plan_transfer, target_parameters
 from .specs import specs_of
 
 
@@ -47,11 +47,14 @@ class TransferJob:
         target_specs = target.specs if self.template_path else specs_of(target.state_dict())
         plan = plan_transfer(source.specs, target_specs, self.options, tied)
         failures = tuple(check_gates(plan, self.options.gates))
-        report = Report(plan, self.source_path, label, source.info, gate_failures=failures, inputs=self._inputs())
+        parameters = target_parameters(target)
+        report = Report(plan, self.source_path, label, source.info, gate_failures=failures, inputs=self._inputs(),
+                        parameters=parameters)
         if failures or dry_run:
             _save(report, report_json, report_md)
             return report
-        report = Report(plan, self.source_path, label, source.info, output=self.out, applied=True, inputs=self._inputs())
+        report = Report(plan, self.source_path, label, source.info, output=self.out, applied=True,
+                        inputs=self._inputs(), parameters=parameters)
         self._write(plan, source, target, report_metadata(report))
         _save(report, report_json, report_md)
         return report

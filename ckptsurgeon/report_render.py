@@ -53,7 +53,14 @@ def render_headline(counts: "ReportCounts", paint: Paint = lambda text, colour: 
             f"{paint(f'{c.unused_sources} source tensors unused', 'red')}")
     if c.ambiguous:
         text += f", {paint(f'{c.ambiguous} ambiguous', 'magenta')}"
-    return text + f"; {percent(c.numel_from_source, c.numel_target)} of parameters from the source"
+    return text + f"; {_from_source(c)}"
+
+
+def _from_source(c: "ReportCounts") -> str:
+    if c.param_numel_target is None or c.param_numel_from_source is None:
+        return (f"{percent(c.numel_from_source, c.numel_target)} of tensor elements from the source "
+                f"(parameters and buffers: the target does not say which is which)")
+    return f"{percent(c.param_numel_from_source, c.param_numel_target)} of parameter elements from the source"
 
 
 # -- grouping ------------------------------------------------------------------------------------------

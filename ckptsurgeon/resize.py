@@ -1,9 +1,11 @@
 """Resize methods: pure functions that fit a source tensor into a target of another shape.
 
-Each method is registered by name with a ``check`` over shapes only (planning never needs torch) and an
-``apply`` over tensors. Method texts are ``name`` or ``name:arg`` (``yolo_head:3``, ``pos_embed:1``).
-Every function returns a new tensor in the source's dtype (fp16/bf16 maths run in float32) and never
-modifies its inputs. torch is imported inside the functions that touch tensors.
+Each method is registered by name with a ``check`` over shapes only (planning never needs torch), an
+``apply`` over tensors, and a ``covered`` over shapes that says how many target elements ``apply`` computes
+from source values (the report counts those, not the whole grown tensor). Method texts are ``name`` or
+``name:arg`` (``yolo_head:3``, ``pos_embed:1``). Every function returns a new tensor in the source's dtype
+(fp16/bf16 maths run in float32) and never modifies its inputs. torch is imported inside the functions that
+touch tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class ResizeMethod:
 
     ``check(src_shape, dst_shape, arg)`` returns None when the method applies, else a short reason.
     ``apply(source, target_initial, arg)`` returns a new tensor of the target's shape in the source's dtype.
+    ``covered(src_shape, dst_shape, arg)`` is how many of the target's elements ``apply`` computes from source
+    values; the others keep the target's initial values (or the step's fill).
     ``arg`` describes the optional integer after ``:`` (None: the method takes no argument).
     """
 
@@ -37,6 +41,7 @@ class ResizeMethod:
     summary: str
     check: Callable[[tuple[int, ...], tuple[int, ...], str | None], str | None]
     apply: Callable[["Tensor", "Tensor", str | None], "Tensor"]
+    covered: Callable[[tuple[int, ...], tuple[int, ...], str | None], int]
     arg: str | None = None
     arg_min: int = 0
 
@@ -100,6 +105,11 @@ def check_slice_pad(src: Shape, dst: Shape, arg: str | None = None) -> str | Non
     return None
 
 
+def covered_overlap(src: Shape, dst: Shape, arg: str | None = None) -> int:
+    """slice_pad and kernel: the overlapping block (centred for kernel) comes from the source."""
+    return math.prod(min(a, b) for a, b in zip(src, dst))
+
+
 def slice_pad(source: "Tensor", target: "Tensor") -> "Tensor":
     """Copy the overlapping block ``[:min(a, b)]`` of every dim; the rest keeps the target's values."""
     require_fit("slice_pad", source.shape, target.shape, check_slice_pad(source.shape, target.shape))
@@ -122,6 +132,11 @@ def check_in_channels(src: Shape, dst: Shape, arg: str | None = None) -> str | N
     if src[1] == 0 and dst[1] > 0:
         return "in_channels needs at least one source input channel, got 0"
     return None
+
+
+def covered_whole(src: Shape, dst: Shape, arg: str | None = None) -> int:
+    """in_channels and pos_embed: every target element is computed from source values."""
+    return math.prod(dst)
 
 
 def adapt_in_channels(source: "Tensor", in_channels: int) -> "Tensor":
@@ -212,6 +227,12 @@ def check_yolo_head(src: Shape, dst: Shape, arg: str | None = None) -> str | Non
     return None
 
 
+def covered_yolo_head(src: Shape, dst: Shape, arg: str | None = None) -> int:
+    """Per anchor, the 5 box/objectness rows and the shared class rows come from the source."""
+    anchors = read_arg("yolo_head", arg) or DEFAULT_ANCHORS
+    return anchors * min(src[0] // anchors, dst[0] // anchors) * math.prod(dst[1:])
+
+
 def resize_yolo_head(source: "Tensor", target: "Tensor", num_anchors: int = DEFAULT_ANCHORS) -> "Tensor":
     """Map a YOLO head laid out as anchors x (box 4, objectness 1, classes) rows to another class count.
 
@@ -280,15 +301,16 @@ def _apply_kernel(source: "Tensor", target: "Tensor", arg: str | None) -> "Tenso
 
 RESIZE_METHODS: dict[str, ResizeMethod] = {m.name: m for m in (
     ResizeMethod("slice_pad", "copy the overlapping block; the rest keeps the target's values",
-                 check_slice_pad, _apply_slice_pad),
+                 check_slice_pad, _apply_slice_pad, covered_overlap),
     ResizeMethod("in_channels", "conv input channels: sum to 1, or repeat cyclically and scale",
-                 check_in_channels, _apply_in_channels),
+                 check_in_channels, _apply_in_channels, covered_whole),
     ResizeMethod("pos_embed", "ViT position embedding: bicubic grid resample, prefix tokens kept",
-                 check_pos_embed, _apply_pos_embed, arg="the number of prefix tokens", arg_min=0),
+                 check_pos_embed, _apply_pos_embed, covered_whole, arg="the number of prefix tokens",
+                 arg_min=0),
     ResizeMethod("yolo_head", "YOLO head: keep box/objectness and shared class rows per anchor",
-                 check_yolo_head, _apply_yolo_head, arg="the number of anchors", arg_min=1),
+                 check_yolo_head, _apply_yolo_head, covered_yolo_head, arg="the number of anchors", arg_min=1),
     ResizeMethod("kernel", "conv kernel size: centre zero-pad or centre crop",
-                 check_kernel, _apply_kernel),
+                 check_kernel, _apply_kernel, covered_overlap),
 )}
 
 
@@ -310,6 +332,15 @@ def can_resize(text: str, src_shape: Sequence[int], dst_shape: Sequence[int]) ->
     """Why method ``text`` cannot map ``src_shape`` to ``dst_shape``, or None if it can. Pure."""
     name, arg = parse_method(text)
     return RESIZE_METHODS[name].check(tuple(src_shape), tuple(dst_shape), arg)
+
+
+def elements_from_source(text: str, src_shape: Sequence[int], dst_shape: Sequence[int]) -> int:
+    """How many of the target's elements method ``text`` fills from source values. Pure (shapes only).
+
+    A class head grown from 1000 to 5000 rows by ``slice_pad`` takes 1000 rows from the source, not 5000.
+    """
+    name, arg = parse_method(text)
+    return RESIZE_METHODS[name].covered(tuple(src_shape), tuple(dst_shape), arg)
 
 
 def resize_tensor(text: str, source: "Tensor", target: "Tensor") -> "Tensor":

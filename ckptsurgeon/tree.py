@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Container, Iterable
 
 from .specs import TensorSpec
 
@@ -22,24 +22,33 @@ def leaf_of(name: str) -> str:
 class ModuleNode:
     name: str
     path: str
-    numel: int = 0
+    numel: int = 0          # elements of every tensor below, parameters and buffers
+    param_numel: int = 0    # of those, elements of tensors named in build_tree's ``parameters``
     tensors: int = 0
     children: dict[str, "ModuleNode"] = field(default_factory=dict)
 
 
-def build_tree(specs: Iterable[TensorSpec]) -> ModuleNode:
-    """Aggregate element and tensor counts up every module path, children in first-seen order."""
+def build_tree(specs: Iterable[TensorSpec], parameters: Container[str] = frozenset()) -> ModuleNode:
+    """Aggregate element and tensor counts up every module path, children in first-seen order.
+
+    ``parameters`` names the tensors that are parameters (not buffers), where the source says so.
+    """
     root = ModuleNode("", "")
     for spec in specs:
         node = root
-        node.numel += spec.numel
-        node.tensors += 1
+        params = spec.numel if spec.name in parameters else 0
+        _count(node, spec.numel, params)
         for part in parent_of(spec.name).split(".") if parent_of(spec.name) else ():
             path = f"{node.path}.{part}" if node.path else part
             node = node.children.setdefault(part, ModuleNode(part, path))
-            node.numel += spec.numel
-            node.tensors += 1
+            _count(node, spec.numel, params)
     return root
+
+
+def _count(node: ModuleNode, numel: int, param_numel: int) -> None:
+    node.numel += numel
+    node.param_numel += param_numel
+    node.tensors += 1
 
 
 _INDEX = re.compile(r"(?<=\.)(\d+)(?=\.)|^(\d+)(?=\.)")

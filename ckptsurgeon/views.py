@@ -10,6 +10,7 @@ from .inspect import Inspection
 from .specs import format_shape
 
 INSPECT_SCHEMA = "ckptsurgeon.inspect/1"
+UNKNOWN_KINDS = "values: parameter and buffer elements together (the file does not say which tensors are buffers)"
 
 
 def human_count(n: int) -> str:
@@ -67,8 +68,11 @@ def totals_lines(inspection: Inspection) -> list[str]:
     shown = len(inspection.rows)
     count = f"{shown} of {inspection.total_tensors}" if inspection.pattern else str(shown)
     by_dtype = ", ".join(f"{dtype} {human_bytes(n)}" for dtype, n in inspection.bytes_by_dtype().items())
-    return [f"tensors: {count}   parameters: {inspection.parameters:,} ({human_count(inspection.parameters)})   "
-            f"elements: {inspection.numel:,}   size: {human_bytes(inspection.nbytes)} ({by_dtype or 'none'})"]
+    # A plain state dict does not say which tensors are buffers, so it has no parameter count to show.
+    params = (f"parameters: {inspection.parameters:,} ({human_count(inspection.parameters)})   "
+              if inspection.kinds_known else "")
+    return [f"tensors: {count}   {params}elements: {inspection.numel:,}   "
+            f"size: {human_bytes(inspection.nbytes)} ({by_dtype or 'none'})"]
 
 
 def warning_lines(inspection: Inspection) -> list[str]:
@@ -89,18 +93,31 @@ def render_containers(inspection: Inspection) -> str:
 def render_tree(inspection: Inspection, depth: int | None = None) -> str:
     from .tree import build_tree
 
-    root = build_tree(row.spec for row in inspection.rows)
-    lines = source_lines(inspection) + ["", f"<root>  {human_count(root.numel)} params  {root.tensors} tensors"]
-    _tree_lines(root, 1, depth, lines)
+    known = inspection.kinds_known
+    root = build_tree((row.spec for row in inspection.rows),
+                      {row.spec.name for row in inspection.rows if row.kind == "parameter"})
+    note = [] if known else [UNKNOWN_KINDS]
+    lines = source_lines(inspection) + [""] + note + [f"<root>  {_node_counts(root, known)}"]
+    _tree_lines(root, 1, depth, known, lines)
     return "\n".join(lines + [""] + totals_lines(inspection) + warning_lines(inspection))
 
 
-def _tree_lines(node: Any, level: int, depth: int | None, out: list[str]) -> None:
+def _node_counts(node: Any, known: bool) -> str:
+    """``128 params + 129 buffer values  5 tensors`` where kinds are known, else ``257 values  5 tensors``."""
+    tensors = f"{node.tensors} tensor{'s' if node.tensors != 1 else ''}"
+    if not known:
+        return f"{human_count(node.numel)} values  {tensors}"
+    buffers = node.numel - node.param_numel
+    extra = f" + {human_count(buffers)} buffer values" if buffers else ""
+    return f"{human_count(node.param_numel)} params{extra}  {tensors}"
+
+
+def _tree_lines(node: Any, level: int, depth: int | None, known: bool, out: list[str]) -> None:
     if depth is not None and level > depth:
         return
     for child in node.children.values():
-        out.append(f"{'  ' * level}{child.name}  {human_count(child.numel)} params  {child.tensors} tensors")
-        _tree_lines(child, level + 1, depth, out)
+        out.append(f"{'  ' * level}{child.name}  {_node_counts(child, known)}")
+        _tree_lines(child, level + 1, depth, known, out)
 
 
 def _tensor_json(row: Any) -> dict[str, Any]:

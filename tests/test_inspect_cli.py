@@ -58,7 +58,8 @@ def test_table(runner: CliRunner, checkpoint_file: Path) -> None:
     assert [row[0] for row in rows] == list(TwoStage().state_dict())
     assert lines[6] == "stem.0.weight                   (4, 3, 3, 3)  float32    108"
     assert "stages.1.1.num_batches_tracked  ()            int64        1" in lines
-    assert lines[-1] == "tensors: 20   parameters: 241 (241)   elements: 241   size: 976 B (float32 952 B, int64 24 B)"
+    # a state dict does not say which tensors are buffers, so there is no parameter count to give
+    assert lines[-1] == "tensors: 20   elements: 241   size: 976 B (float32 952 B, int64 24 B)"
 
 
 def test_filter_glob(runner: CliRunner, checkpoint_file: Path) -> None:
@@ -95,17 +96,50 @@ def test_filter_regex_bn_digit(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_tree_depths(runner: CliRunner, checkpoint_file: Path) -> None:
     one = invoke(runner, "inspect", str(checkpoint_file), "--tree", "--depth", "1").stdout.splitlines()
-    start = one.index("<root>  241 params  20 tensors")
-    assert one[start + 1:start + 5] == ["  stem  125 params  6 tensors", "  stages  66 params  12 tensors",
-                                        "  fc  50 params  2 tensors", ""]
+    start = one.index("<root>  241 values  20 tensors")
+    assert one[start - 1] == ("values: parameter and buffer elements together (the file does not say which "
+                              "tensors are buffers)")
+    assert one[start + 1:start + 5] == ["  stem  125 values  6 tensors", "  stages  66 values  12 tensors",
+                                        "  fc  50 values  2 tensors", ""]
     two = invoke(runner, "inspect", str(checkpoint_file), "--tree", "--depth", "2").stdout.splitlines()
-    start = two.index("<root>  241 params  20 tensors")
-    assert two[start + 1:start + 9] == ["  stem  125 params  6 tensors", "    0  108 params  1 tensors",
-                                        "    1  17 params  5 tensors", "  stages  66 params  12 tensors",
-                                        "    0  33 params  6 tensors", "    1  33 params  6 tensors",
-                                        "  fc  50 params  2 tensors", ""]
+    start = two.index("<root>  241 values  20 tensors")
+    assert two[start + 1:start + 9] == ["  stem  125 values  6 tensors", "    0  108 values  1 tensor",
+                                        "    1  17 values  5 tensors", "  stages  66 values  12 tensors",
+                                        "    0  33 values  6 tensors", "    1  33 values  6 tensors",
+                                        "  fc  50 values  2 tensors", ""]
     full = invoke(runner, "inspect", str(checkpoint_file), "--tree").stdout.splitlines()
-    assert full.count("      0  16 params  1 tensors") == 2 and full.count("      1  17 params  5 tensors") == 2
+    assert full.count("      0  16 values  1 tensor") == 2 and full.count("      1  17 values  5 tensors") == 2
+
+
+class ConvBn(nn.Module):
+    """conv1 (192 parameter elements), bn1 (128 parameter elements; running mean, var and counter: 129)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+
+
+CONV_BN_TREE = ["<root>  320 params + 129 buffer values  6 tensors", "  conv1  192 params  1 tensor",
+                "  bn1  128 params + 129 buffer values  5 tensors", ""]
+MODEL_TOTALS = "tensors: 6   parameters: 320 (320)   elements: 449   size: 1.8 KiB (float32 1.8 KiB, int64 8 B)"
+
+
+def test_tree_of_a_state_dict_counts_values_not_params(runner: CliRunner, tmp_path: Path) -> None:
+    torch.save(ConvBn().state_dict(), tmp_path / "conv_bn.pt")
+    lines = invoke(runner, "inspect", str(tmp_path / "conv_bn.pt"), "--tree").stdout.splitlines()
+    start = lines.index("<root>  449 values  6 tensors")
+    assert lines[start + 1:] == ["  conv1  192 values  1 tensor", "  bn1  257 values  5 tensors", "",
+                                 "tensors: 6   elements: 449   size: 1.8 KiB (float32 1.8 KiB, int64 8 B)"]
+
+
+def test_tree_of_a_pickled_module_tells_parameters_from_buffers(runner: CliRunner, tmp_path: Path) -> None:
+    torch.save(nn.Sequential(nn.Conv2d(3, 64, 1, bias=False), nn.BatchNorm2d(64)), tmp_path / "whole.pt")
+    lines = invoke(runner, "inspect", str(tmp_path / "whole.pt"), "--tree").stdout.splitlines()
+    start = lines.index("<root>  320 params + 129 buffer values  6 tensors")
+    assert lines[start + 1:start + 4] == ["  0  192 params  1 tensor", "  1  128 params + 129 buffer values  5 tensors",
+                                          ""]
+    assert lines[-1] == MODEL_TOTALS
 
 
 def test_json_schema(runner: CliRunner, checkpoint_file: Path) -> None:
@@ -149,6 +183,13 @@ def build(n=2):
 
 def degenerate():
     return nn.Sequential(nn.Linear(3, 0))
+
+
+class ConvBn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
 '''
 
 
@@ -172,6 +213,14 @@ def test_live_model_shows_requires_grad(runner: CliRunner, model_dir: Path) -> N
                              "--model-path", str(model_dir), "--json").stdout)
     assert (data["format"], data["source"], data["container"]) == ("model", "tests_module:build", None)
     assert [t["requires_grad"] for t in data["tensors"]] == [True, False, True, True]
+
+
+def test_tree_of_a_live_model_tells_parameters_from_buffers(runner: CliRunner, model_dir: Path) -> None:
+    lines = invoke(runner, "inspect", "--model", "tests_module:ConvBn", "--model-path", str(model_dir),
+                   "--tree").stdout.splitlines()
+    assert lines[:2] == ["model: tests_module:ConvBn", ""]
+    assert lines[2:6] == CONV_BN_TREE
+    assert lines[6] == MODEL_TOTALS
 
 
 def test_degenerate_tensor_warning(runner: CliRunner, model_dir: Path) -> None:

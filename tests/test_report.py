@@ -70,7 +70,8 @@ def detector_report(**extra) -> Report:
 
 
 HEADLINE = ("loaded 13/17 target tensors (76.5%), 2 new, 2 resized, 5 source tensors unused; "
-            "97.1% of parameters from the source")
+            "97.1% of tensor elements from the source (parameters and buffers: the target does not say which is "
+            "which)")
 
 
 def test_counts_leave_out_bookkeeping():
@@ -88,9 +89,42 @@ def test_headline_of_the_documented_example():
     steps += [copy("m.bn.num_batches_tracked", ()), new("n.bn.num_batches_tracked", ())]
     unused = [Unused(f"u.{i}.w", (3,), "float32", NO_MATCH) for i in range(12)]
     unused.append(Unused("u.bn.num_batches_tracked", (), "int64", NO_MATCH))
-    report = Report(Plan(tuple(steps), tuple(unused)), "a.pt", "Net")
+    parameters = frozenset(step.target for step in steps if step.target.endswith(".w"))
+    report = Report(Plan(tuple(steps), tuple(unused)), "a.pt", "Net", parameters=parameters)
     assert report.headline() == ("loaded 466/472 target tensors (98.7%), 6 new, 0 resized, 12 source tensors "
-                                 "unused; 99.1% of parameters from the source")
+                                 "unused; 99.1% of parameter elements from the source")
+
+
+def grown_head_plan() -> Plan:
+    """A classifier whose fc grew from 1000 to 5000 classes by slice_pad, after a BatchNorm with buffers."""
+    steps = [copy(f"bn.{name}", (4,)) for name in ("weight", "bias", "running_mean", "running_var")]
+    steps += [new("bn.num_batches_tracked", (), dtype="int64"),
+              resize("fc.weight", (1000, 4), (5000, 4)), resize("fc.bias", (1000,), (5000,))]
+    return Plan(tuple(steps), ())
+
+
+GROWN_PARAMETERS = frozenset({"bn.weight", "bn.bias", "fc.weight", "fc.bias"})
+
+
+def test_grown_head_counts_only_the_parameter_elements_taken_from_the_source():
+    report = Report(grown_head_plan(), "a.pt", "Net", parameters=GROWN_PARAMETERS)
+    assert report.counts() == ReportCounts(
+        targets=6, loaded=4, resized=2, new=0, unused_sources=0, sources=6, ambiguous=0, cast=0,
+        numel_target=25_016, numel_from_source=5_016, param_numel_target=25_008, param_numel_from_source=5_008)
+    assert report.headline() == ("loaded 4/6 target tensors (66.7%), 0 new, 2 resized, 0 source tensors unused; "
+                                 "20.0% of parameter elements from the source")
+    counts = report.to_dict()["counts"]
+    assert (counts["numel_target"], counts["numel_from_source"]) == (25_016, 5_016)
+    assert (counts["param_numel_target"], counts["param_numel_from_source"]) == (25_008, 5_008)
+
+
+def test_without_parameter_names_the_headline_says_it_counts_every_tensor_element():
+    report = Report(grown_head_plan(), "a.pt", "Net")
+    assert report.headline().endswith("; 20.1% of tensor elements from the source (parameters and buffers: the "
+                                      "target does not say which is which)")
+    counts = report.to_dict()["counts"]
+    assert (counts["numel_from_source"], counts["param_numel_target"], counts["param_numel_from_source"]) == (
+        5_016, None, None)
 
 
 def test_headline_names_ambiguities():
@@ -101,7 +135,8 @@ def test_headline_names_ambiguities():
 def test_empty_plan():
     report = Report(Plan((), ()), "a.pt", "Net")
     assert report.headline() == ("loaded 0/0 target tensors (n/a), 0 new, 0 resized, 0 source tensors unused; "
-                                 "n/a of parameters from the source")
+                                 "n/a of tensor elements from the source (parameters and buffers: the target does "
+                                 "not say which is which)")
     assert "coverage: no target tensors" in report.render()
 
 

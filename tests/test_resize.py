@@ -17,6 +17,7 @@ from ckptsurgeon.resize import (
     RESIZE_METHODS,
     adapt_in_channels,
     can_resize,
+    elements_from_source,
     infer_prefix_tokens,
     parse_method,
     resample_pos_embed,
@@ -290,6 +291,32 @@ def test_dtype_kept_inputs_untouched_and_close_to_fp32(text, src_shape, dst_shap
     assert out.data_ptr() not in (source.data_ptr(), target.data_ptr())
     reference = resize_tensor(text, source.float(), target.to(dtype).float())
     torch.testing.assert_close(out.float(), reference.to(dtype).float(), atol=0, rtol=0)
+
+
+COVERED = [
+    ("slice_pad", (1000, 16), (5000, 16), 16_000),         # a class head grown 1000 -> 5000: 1000 rows
+    ("slice_pad", (5000, 16), (1000, 16), 16_000),
+    ("slice_pad", (256, 8), (288, 4), 1_024),
+    ("in_channels", (8, 3, 3, 3), (8, 1, 3, 3), 72),        # every output channel is a sum of source ones
+    ("in_channels", (8, 3, 3, 3), (8, 5, 3, 3), 360),
+    ("pos_embed", (1, 197, 8), (1, 50, 8), 400),
+    ("pos_embed", (1, 17, 8), (1, 37, 8), 296),
+    ("yolo_head", (255, 8, 1, 1), (75, 8, 1, 1), 600),      # 3 anchors x (5 + 20 shared classes) rows
+    ("yolo_head", (75, 8, 1, 1), (255, 8, 1, 1), 600),
+    ("yolo_head:1", (8, 4), (10, 4), 32),
+    ("kernel", (4, 2, 3, 3), (4, 2, 5, 5), 72),             # the zero padding is not from the source
+    ("kernel", (4, 2, 5, 5), (4, 2, 3, 3), 72),
+]
+
+
+@pytest.mark.parametrize("text, src_shape, dst_shape, expected", COVERED)
+def test_elements_from_source_counts_what_the_method_takes_from_the_source(text, src_shape, dst_shape, expected):
+    assert elements_from_source(text, src_shape, dst_shape) == expected
+    # The same count, observed: the target elements whose value changes with the source's values.
+    target = seeded(*dst_shape, seed=3)
+    one = resize_tensor(text, seeded(*src_shape, seed=1), target)
+    other = resize_tensor(text, seeded(*src_shape, seed=2), target)
+    assert int((one != other).sum()) == expected
 
 
 def test_resize_tensor_error_names_method_and_shapes():

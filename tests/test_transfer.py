@@ -197,6 +197,30 @@ def test_slice_pad_on_a_resnet_fc(num_classes):
     assert torch.equal(model.fc.bias[keep:], before["fc.bias"][keep:])
 
 
+class BnClassifier(nn.Module):
+    """A BatchNorm (2 parameters, 3 buffers) before a classifier whose class count is the knob."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+
+def test_grown_head_reports_only_the_parameter_elements_taken_from_the_source():
+    old = BnClassifier(1000).state_dict()
+    model = BnClassifier(5000)
+    report = transfer(old, model, resize=["fc.*=slice_pad"])
+    assert torch.equal(model.fc.weight[:1000], old["fc.weight"])
+    counts = report.counts()
+    # parameters: bn 4 + 4, fc 5000 x 4 + 5000, of which 1000 x 4 + 1000 rows came from the source
+    assert (counts.param_numel_target, counts.param_numel_from_source) == (25_008, 5_008)
+    # every tensor: the same plus BatchNorm's running mean and var (copied); its counter is not counted
+    assert (counts.numel_target, counts.numel_from_source) == (25_016, 5_016)
+    assert report.headline() == ("loaded 4/6 target tensors (66.7%), 0 new, 2 resized, 0 source tensors unused; "
+                                 "20.0% of parameter elements from the source")
+    assert report.parameters == {"bn.weight", "bn.bias", "fc.weight", "fc.bias"}
+
+
 def test_channel_change_copies_the_overlap_exactly():
     old = TinyResNet(widths=(8, 16)).state_dict()
     model = TinyResNet(widths=(8, 18))
@@ -429,6 +453,16 @@ def test_init_is_reproducible_by_seed():
     assert torch.equal(models[0].fc.bias, models[1].fc.bias)
     assert not torch.equal(models[0].fc.weight, models[2].fc.weight)
     assert 0.005 < models[0].fc.weight.std().item() < 0.02
+
+
+def test_without_a_seed_the_report_records_the_default_seed_it_used():
+    old = TinyResNet(num_classes=10).state_dict()
+    unseeded, seeded_0 = TinyResNet(num_classes=3), TinyResNet(num_classes=3)
+    report = transfer(old, unseeded, init=["*fc*=normal:0.01"])
+    transfer(old, seeded_0, init=["*fc*=normal:0.01"], seed=0)
+    assert torch.equal(unseeded.fc.weight, seeded_0.fc.weight)
+    assert report.plan.options.seed == 0
+    assert report.to_dict()["options"]["seed"] == 0
 
 
 def test_fp16_checkpoint_into_an_fp32_model_is_cast_and_warned_about():

@@ -22,6 +22,7 @@ from ckptsurgeon.examples.yolov7 import YoloBody
 from ckptsurgeon.io.reader import Checkpoint
 from ckptsurgeon.io.records import MappedRecords
 from ckptsurgeon import transfer
+from tempmodules import temporary_module
 
 KWARGS = {"num_classes": 2, "width": 1, "head_attention": "se", "backbone_insert": "cbam"}
 NEW_KEYS = 9  # 6 SE weights in the head, 3 CBAM weights in dark3
@@ -157,6 +158,68 @@ def test_dry_run_needs_no_out(pair, no_tensor_reads):
     result = run(source, "--target", template, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "9 new" in result.stdout
+
+
+BN_CLASSIFIER = """
+from torch import nn
+
+
+class BnClassifier(nn.Module):
+    def __init__(self, num_classes=5000):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, num_classes)
+"""
+
+
+def test_grown_head_counts_only_what_came_from_the_source(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with temporary_module(folder, BN_CLASSIFIER) as module:
+        source, template = tmp_path / "fc1000.pt", tmp_path / "fc5000.safetensors"
+        torch.save(module.BnClassifier(1000).state_dict(), source)
+        save_file(module.BnClassifier(5000).state_dict(), str(template))
+        torch.save(module.BnClassifier(5000), tmp_path / "whole5000.pt")
+        into_model = run(source, "--model", f"{module.__name__}:BnClassifier", "--model-path", folder,
+                         "--resize", "fc.*=slice_pad", "-o", tmp_path / "m.safetensors",
+                         "--report", tmp_path / "m.json")
+    into_template = run(source, "--target", template, "--resize", "fc.*=slice_pad", "-o", tmp_path / "t.safetensors",
+                        "--report", tmp_path / "t.json")
+    assert into_model.exit_code == 0 and into_template.exit_code == 0, into_model.output + into_template.output
+    # the live model knows its parameters: bn 4 + 4 and fc 5000 x 4 + 5000, of which 1000 rows are the source's
+    assert into_model.stdout.splitlines()[0] == ("loaded 4/6 target tensors (66.7%), 0 new, 2 resized, 0 source "
+                                                 "tensors unused; 20.0% of parameter elements from the source")
+    counts = json.loads((tmp_path / "m.json").read_text())["counts"]
+    assert (counts["param_numel_target"], counts["param_numel_from_source"]) == (25_008, 5_008)
+    assert (counts["numel_target"], counts["numel_from_source"]) == (25_016, 5_016)
+    # a safetensors template does not say which tensors are buffers (running mean and var count too)
+    assert into_template.stdout.splitlines()[0] == (
+        "loaded 4/6 target tensors (66.7%), 0 new, 2 resized, 0 source tensors unused; 20.1% of tensor elements "
+        "from the source (parameters and buffers: the target does not say which is which)")
+    counts = json.loads((tmp_path / "t.json").read_text())["counts"]
+    assert (counts["numel_target"], counts["numel_from_source"]) == (25_016, 5_016)
+    assert (counts["param_numel_target"], counts["param_numel_from_source"]) == (None, None)
+    # a whole pickled module as the template says which tensors are parameters
+    into_module = run(source, "--target", tmp_path / "whole5000.pt", "--resize", "fc.*=slice_pad", "--dry-run")
+    assert into_module.exit_code == 0, into_module.output
+    assert into_module.stdout.splitlines()[0].endswith("; 20.0% of parameter elements from the source")
+
+
+def test_without_seed_the_report_records_seed_0_and_the_output_equals_seed_0(pair, tmp_path):
+    source, template = pair
+    outputs = {}
+    for name, seed_args in (("default", ()), ("zero", ("--seed", "0"))):
+        out, report_json = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
+        result = run(source, "--target", template, "--init", "feat*_att.*=normal:0.5", "-o", out,
+                     "--report", report_json, *seed_args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(report_json.read_text())["options"]["seed"] == 0
+        with safe_open(str(out), "pt") as handle:
+            assert json.loads(handle.metadata()["ckptsurgeon.options"])["seed"] == 0
+        outputs[name] = load_file(str(out))
+    assert outputs["default"].keys() == outputs["zero"].keys()
+    for key, value in outputs["default"].items():
+        assert torch.equal(value, outputs["zero"][key]), key
 
 
 # --- gates ---------------------------------------------------------------------------------------

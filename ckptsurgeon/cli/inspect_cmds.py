@@ -15,7 +15,9 @@ from .options import container_options, force_option, model_options
 @container_options
 @model_options
 @click.option("--containers", "list_containers", is_flag=True, help="List every state dict in the file, with tensor counts.")
-@click.option("--tree", is_flag=True, help="Show the module tree with parameter counts.")
+@click.option("--tree", is_flag=True,
+              help="Show the module tree with element counts: parameters and buffer values apart where the source "
+                   "says which is which (a live model, a pickled module).")
 @click.option("--depth", type=click.IntRange(min=1), help="With --tree: how many levels to show.")
 @click.option("--filter", "pattern", metavar="PATTERN", help="Only keys matching this glob (e.g. '*conv1*').")
 @click.option("--regex", is_flag=True, help="Treat --filter as a regular expression (searched anywhere in the key).")
