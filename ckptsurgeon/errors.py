@@ -41,3 +41,11 @@ class GateFailed(SurgeonError):
     """A ``--strict`` or ``--min-coverage`` gate failed; reports are written, the output is not."""
 
     exit_code = 3
+
+
+class LimitError(CheckpointFormatError):
+    """A file that would cost more than a reading limit allows (nesting, objects, visits, bytes, header)."""
+
+
+class OptionError(SurgeonError):
+    """An option value that cannot be used (e.g. ``--atol nan``)."""

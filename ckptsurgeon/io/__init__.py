@@ -1,5 +1,9 @@
 """Checkpoint readers and writers by format."""
 
-from .reader import Checkpoint, CheckpointInfo, ContainerSummary, detect_format, open_checkpoint, read_specs
+from .limits import Limits
+from .records import checking
+from .reader import (Checkpoint, CheckpointInfo, ContainerSummary, detect_format, open_checkpoint, read_specs,
+                     verify_checkpoint)
 
-__all__ = ["Checkpoint", "CheckpointInfo", "ContainerSummary", "detect_format", "open_checkpoint", "read_specs"]
+__all__ = ["Checkpoint", "CheckpointInfo", "ContainerSummary", "Limits", "checking", "detect_format",
+           "open_checkpoint", "read_specs", "verify_checkpoint"]

@@ -9,9 +9,11 @@ every key carries them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterator
 
-from ..errors import ContainerError
+from ..errors import CheckpointFormatError, ContainerError
+from .limits import Budget
 from .refs import TensorRef
 from .unpickler import Stub
 
@@ -61,31 +63,59 @@ def is_module_like(value: Any) -> bool:
         and isinstance(state.get("_parameters"), Mapping)
 
 
-def module_state(module: Any) -> dict[str, Any]:
+def module_state(module: Any, budget: Budget | None = None) -> dict[str, Any]:
     """The state dict of a module (real or stand-in) from its ``_parameters``/``_buffers``/``_modules``.
 
     Follows ``nn.Module.state_dict``: own parameters, then persistent buffers, then children in
-    registration order; ``None`` entries and non-persistent buffers are left out.
+    registration order; ``None`` entries and non-persistent buffers are left out. A module shared under
+    several names is listed under each (as torch does); every entry is charged to ``budget``, and a module
+    that contains itself is refused.
     """
     if not isinstance(module, Stub) and hasattr(module, "state_dict") and callable(module.state_dict):
         return dict(module.state_dict())
     out: dict[str, Any] = {}
-    _collect_module(module, "", out)
+    budget = budget or Budget("<modules>")
+    on_path: set[int] = set()
+    # Iterative depth-first walk (50k nested modules must not exhaust the stack); an id marks leaving a module.
+    stack: list[Any] = [(module, "", 0)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int):
+            on_path.discard(item)
+            continue
+        current, prefix, depth = item
+        budget.descend(depth)
+        if id(current) in on_path:
+            raise CheckpointFormatError(f"{budget.path}: module '{prefix.rstrip('.')}' contains itself (a cycle); "
+                                        f"the file is damaged or hostile")
+        on_path.add(id(current))
+        stack.append(id(current))
+        children = _collect_own(current, prefix, out, budget)
+        stack.extend((child, f"{prefix}{name}.", depth + 1) for name, child in reversed(children))
     return out
 
 
-def _collect_module(module: Any, prefix: str, out: dict[str, Any]) -> None:
+def _collect_own(module: Any, prefix: str, out: dict[str, Any], budget: Budget) -> list[tuple[Any, Any]]:
+    """A module's own tensors into ``out``; returns its module children in order."""
     state = module.__dict__
-    for name, value in state.get("_parameters", {}).items():
+    parameters = _mapping(state.get("_parameters"))
+    buffers = _mapping(state.get("_buffers"))
+    modules = _mapping(state.get("_modules"))
+    budget.visit(1 + len(parameters) + len(buffers) + len(modules))
+    for name, value in parameters.items():
         if is_tensor_like(value):
-            out[prefix + name] = value
-    skipped = state.get("_non_persistent_buffers_set") or ()
-    for name, value in state.get("_buffers", {}).items():
-        if is_tensor_like(value) and name not in skipped:
-            out[prefix + name] = value
-    for name, child in state.get("_modules", {}).items():
-        if child is not None and is_module_like(child):
-            _collect_module(child, f"{prefix}{name}.", out)
+            out[prefix + str(name)] = value
+    if buffers:
+        skipped = state.get("_non_persistent_buffers_set") or ()
+        skipped = skipped if isinstance(skipped, (set, frozenset, list, tuple)) else ()
+        for name, value in buffers.items():
+            if is_tensor_like(value) and name not in skipped:
+                out[prefix + str(name)] = value
+    return [(name, child) for name, child in modules.items() if child is not None and is_module_like(child)]
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _as_state_dict(value: Any) -> dict[str, Any] | None:
@@ -105,28 +135,41 @@ def _stub_mapping(value: Any) -> bool:
     return isinstance(value, Stub) and "_stub_items" in value.__dict__
 
 
-def find_candidates(root: Any) -> list[Candidate]:
-    """Every state dict in the unpickled object, in file order."""
-    return list(_walk(root, "", 0))
+def find_candidates(root: Any, budget: Budget | None = None) -> list[Candidate]:
+    """Every state dict in the unpickled object, in file order. A shared object is looked into once (a state
+    dict reached again is listed again at no cost), so the walk costs what the file holds, not what it reaches."""
+    return list(_walk(root, "", 0, budget or Budget("<object>"), {}))
 
 
-def _walk(value: Any, path: str, depth: int) -> Iterator[Candidate]:
+def _walk(value: Any, path: str, depth: int, budget: Budget, seen: dict[int, Any]) -> Iterator[Candidate]:
+    budget.visit()
+    key = id(value)
+    if key in seen:
+        found = seen[key]
+        if found is not None:
+            yield Candidate(path, *found)
+        return
+    seen[key] = None
     if is_module_like(value):
-        tensors = module_state(value)
+        tensors = module_state(value, budget)
         if tensors:
+            seen[key] = ("module", tensors)
             yield Candidate(path, "module", tensors)
         return
     if _stub_mapping(value):
         value = value.__dict__["_stub_items"]  # a dict subclass from an unknown module: its items
+    if isinstance(value, Mapping):
+        budget.visit(len(value))
     tensors = _as_state_dict(value)
     if tensors is not None:
+        seen[key] = ("state_dict", tensors)
         yield Candidate(path, "state_dict", tensors)
         return
     if not isinstance(value, Mapping) or depth >= MAX_DEPTH:
         return
-    for key, item in value.items():
-        if isinstance(key, str) and key not in SKIPPED_CONTAINERS:
-            yield from _walk(item, f"{path}.{key}" if path else key, depth + 1)
+    for name, item in value.items():
+        if isinstance(name, str) and name not in SKIPPED_CONTAINERS:
+            yield from _walk(item, f"{path}.{name}" if path else name, depth + 1, budget, seen)
 
 
 def _rank(candidate: Candidate, position: int) -> tuple[int, int, int]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any, Iterator, Mapping, NamedTuple
 
 from ..errors import CheckpointFormatError, ContainerError
 from ..runtime import paused_gc
-from ..specs import TensorSpec, spec_of
+from ..specs import ELEMENT_SIZE, TensorSpec, spec_of
+from .limits import Budget, Limits
 from .prefixes import strip_wrapper_prefixes
-from .records import FileSpan, MappedRecords, RecordStore, file_size
+from .records import CHECK_CRC, FileSpan, MappedRecords, RecordStore
 from .refs import TensorRef
-from .safetensors_file import MAX_HEADER, read_safetensors_header
+from .safetensors_file import read_safetensors_header
+from .shards import read_weight_map, shard_path
 from .tensors import contiguous_bytes, contiguous_span, extent_bytes, materialize
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C   # the first pickle of a pre-zip torch file
@@ -91,9 +94,17 @@ class Checkpoint(Mapping[str, Any]):
         """The tensor's bytes straight from the file, when contiguous there (no torch needed)."""
         return contiguous_bytes(self._values[name], self.records_of(name))
 
-    def close(self) -> None:
+    def _stores(self) -> list[RecordStore]:
         stores = self._records.values() if isinstance(self._records, dict) else [self._records]
-        for records in {id(r): r for r in stores}.values():
+        return list({id(r): r for r in stores}.values())
+
+    def verify(self) -> int:
+        """Check the CRC-32 of every record of a torch zip (reads all tensor bytes once); returns the number of
+        records checked, 0 for formats that carry no checksums."""
+        return sum(records.verify_all() for records in self._stores() if hasattr(records, "verify_all"))
+
+    def close(self) -> None:
+        for records in self._stores():
             records.close()
 
     def __enter__(self) -> "Checkpoint":
@@ -103,7 +114,8 @@ class Checkpoint(Mapping[str, Any]):
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, trust: bool = False) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, trust: bool = False,
+                    check: bool | None = None, limits: Limits | None = None) -> Checkpoint:
     """Open any supported checkpoint: torch zip or legacy (.pt/.pth/.bin/...), pickle (.pkl),
     safetensors, or a sharded folder / ``*.index.json``.
 
@@ -111,15 +123,19 @@ def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, tr
         path: the file, or a folder holding one checkpoint or a sharded index.
         container: which state dict to use when the file holds several (``ema``, ``model``, a dotted path).
         trust: run the pickle's own code (``torch.load(weights_only=False)``). Only for files you trust.
+        check: verify the CRC-32 of each torch zip record as it is read (default: ``checking()``'s setting).
+        limits: reading limits (default: :class:`Limits` from the ``CKPTSURGEON_MAX_*`` environment variables).
     """
     path = os.fspath(path)
-    kind = detect_format(path)
+    limits = limits or Limits.from_env()
+    check = CHECK_CRC.get() if check is None else check
+    kind = detect_format(path, limits=limits)
     with paused_gc():
         if kind == "sharded":
-            return _open_sharded(path, container, trust)
+            return _open_sharded(path, container, trust, check, limits)
         if kind == "safetensors":
-            return _open_safetensors(path, container)
-        return _open_pickled(path, kind, container, trust)
+            return _open_safetensors(path, container, limits)
+        return _open_pickled(path, kind, container, trust, check, limits)
 
 
 def read_specs(path: str | os.PathLike, **options: Any) -> tuple[dict[str, TensorSpec], CheckpointInfo]:
@@ -128,12 +144,18 @@ def read_specs(path: str | os.PathLike, **options: Any) -> tuple[dict[str, Tenso
         return dict(checkpoint.specs), checkpoint.info
 
 
-def detect_format(path: str) -> str:
+def verify_checkpoint(path: str | os.PathLike, **options: Any) -> int:
+    """Check the CRC-32 of every record of a torch zip checkpoint (or of every shard); returns how many
+    records were checked (0 for formats without checksums). Reads all tensor bytes once."""
+    with open_checkpoint(path, **options) as checkpoint:
+        return checkpoint.verify()
+
+
+def detect_format(path: str, *, limits: Limits | None = None) -> str:
     """'torch-zip', 'torch-legacy', 'pickle', 'safetensors' or 'sharded', from the bytes, not the name."""
-    if os.path.isdir(path) or path.endswith(".index.json"):
+    mode = _file_mode(path)
+    if stat.S_ISDIR(mode) or path.endswith(".index.json"):
         return "sharded"
-    if not os.path.exists(path):
-        raise CheckpointFormatError(f"{path}: no such file")
     with open(path, "rb") as handle:
         head = handle.read(32)
     if not head:
@@ -142,7 +164,7 @@ def detect_format(path: str) -> str:
         return "torch-zip"
     if _is_legacy_torch(head):
         return "torch-legacy"
-    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= MAX_HEADER:
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 62:
         return "safetensors"  # a header length past the end is reported as truncation by the header reader
     if head.lstrip()[:1] in (b"{", b"["):
         raise CheckpointFormatError(f"{path}: a JSON file, not a checkpoint (a sharded index must end in .index.json)")
@@ -150,6 +172,19 @@ def detect_format(path: str) -> str:
         return "pickle"
     raise CheckpointFormatError(f"{path}: not a recognised checkpoint (expected a torch zip, legacy torch file, "
                                 f"pickle or safetensors)")
+
+
+def _file_mode(path: str) -> int:
+    """The file's mode; only regular files and folders are read (a FIFO or device would block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointFormatError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointFormatError(f"{path}: cannot be read ({exc})") from exc
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CheckpointFormatError(f"{path}: not a regular file (a FIFO, device or socket); give a checkpoint file")
+    return mode
 
 
 def _is_legacy_torch(head: bytes) -> bool:
@@ -163,17 +198,19 @@ def _is_legacy_torch(head: bytes) -> bool:
     return body.startswith(_LEGACY_MAGIC_BINARY)
 
 
-def _open_pickled(path: str, kind: str, container: str | None, trust: bool) -> Checkpoint:
+def _open_pickled(path: str, kind: str, container: str | None, trust: bool, check: bool,
+                  limits: Limits) -> Checkpoint:
     from .containers import choose_candidate, find_candidates
     from .torchfile import Unpickled, read_plain_pickle, read_torch_legacy, read_torch_zip
 
+    budget = Budget(path, limits)
     if trust:
         root, records, stubbed = _trusted_load(path, kind), MappedRecords(path, {}), {}
     else:
         reader = {"torch-zip": read_torch_zip, "torch-legacy": read_torch_legacy, "pickle": read_plain_pickle}[kind]
-        unpickled: Unpickled = reader(path)
+        unpickled: Unpickled = reader(path, budget, check=check)
         root, records, stubbed = unpickled.root, unpickled.records, unpickled.stubbed
-    candidates = find_candidates(root)
+    candidates = find_candidates(root, budget)
     if not candidates and stubbed:
         names = ", ".join(sorted(stubbed))
         raise CheckpointFormatError(f"{path}: no tensors could be recovered without running the file's code; it "
@@ -203,48 +240,50 @@ def _summaries(candidates: list[Any], chosen: Any) -> tuple[ContainerSummary, ..
     return tuple(ContainerSummary(c.path, c.kind, len(c.tensors), c is chosen) for c in candidates)
 
 
-def _open_safetensors(path: str, container: str | None) -> Checkpoint:
+def _open_safetensors(path: str, container: str | None, limits: Limits) -> Checkpoint:
     if container:
         raise ContainerError(f"{path}: safetensors files hold one flat state dict; drop --container {container}")
-    parsed = read_safetensors_header(path)
+    parsed = read_safetensors_header(path, max_header=limits.header)
     tensors, stripped = strip_wrapper_prefixes(dict(parsed.refs))
     info = CheckpointInfo(path, "safetensors", None, "", (), stripped, (), parsed.metadata)
     return Checkpoint(tensors, parsed.records, info)
 
 
 def _checked_extents(values: dict[str, Any], records: RecordStore) -> dict[str, Any]:
-    """Refuse tensors whose bytes lie outside their record or the file (a truncated or damaged file),
-    so that reading them later cannot fail half-way. Metadata only: no tensor data is read."""
-    if not getattr(records, "spans_loaded", False):
-        return values  # a torch zip's records are located, and checked, when first read
-    spans, size = records.spans, file_size(records.path)
+    """Refuse tensors whose bytes lie outside their record, or whose record is not a whole number of elements
+    (a truncated or damaged file), so that every command agrees with ``inspect`` and reading cannot fail half-way.
+    Metadata only: no tensor data is read."""
+    sizes = getattr(records, "sizes", None)
+    if sizes is None:
+        return values   # numpy arrays and trusted loads: nothing lies in records
     for name, value in values.items():
         if not isinstance(value, TensorRef):
             continue
-        span = spans.get(value.key)
-        if span is None:
+        length = sizes.get(value.key)
+        if length is None:
             raise CheckpointFormatError(f"{records.path}: '{name}' refers to storage record {value.key}, "
                                         f"which is not in the file; the file is damaged")
-        start, length = span
+        if length % ELEMENT_SIZE.get(value.dtype, 1):
+            raise CheckpointFormatError(f"{records.path}: '{name}' is {value.dtype}, but its record {value.key} holds "
+                                        f"{length} bytes, not a multiple of the element size; the file is damaged")
         needed = extent_bytes(value)
-        if value.offset < 0 or needed > length or start + length > size:
+        if value.offset < 0 or needed > length:
             raise CheckpointFormatError(f"{records.path}: '{name}' needs {needed} bytes but its record holds "
-                                        f"{max(0, min(length, size - start))}; the file is truncated or damaged")
+                                        f"{length}; the file is truncated or damaged")
     return values
 
 
-def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
+def _open_sharded(path: str, container: str | None, trust: bool, check: bool, limits: Limits) -> Checkpoint:
     index_path = _find_index(path)
     if index_path is None:
-        return open_checkpoint(_single_file_in(path), container=container, trust=trust)
-    weight_map = _read_weight_map(index_path)
-    folder = os.path.dirname(index_path)
+        return _open_file(_single_file_in(path), container, trust, check, limits)
+    weight_map = read_weight_map(index_path, limits)
     values: dict[str, Any] = {}
     stores: dict[str, RecordStore] = {}
     shards = list(dict.fromkeys(weight_map.values()))
     stubbed: set[str] = set()
     for shard in shards:
-        part = open_checkpoint(os.path.join(folder, shard), container=container, trust=trust)
+        part = _open_file(shard_path(index_path, shard), container, trust, check, limits)
         # The index names tensors as stored; undo a prefix the shard stripped on its own, strip once for all below.
         restore = "".join(part.info.stripped_prefixes)
         kept = [name for name in part if weight_map.get(restore + name) == shard]
@@ -264,10 +303,20 @@ def _open_sharded(path: str, container: str | None, trust: bool) -> Checkpoint:
     return Checkpoint(values, stores, info)
 
 
+def _open_file(path: str, container: str | None, trust: bool, check: bool, limits: Limits) -> Checkpoint:
+    """A shard or the one checkpoint of a folder: a file, never a folder or index again (no recursion)."""
+    kind = detect_format(path, limits=limits)
+    if kind == "sharded":
+        raise CheckpointFormatError(f"{path}: a folder or index where a checkpoint file was expected")
+    if kind == "safetensors":
+        return _open_safetensors(path, container, limits)
+    return _open_pickled(path, kind, container, trust, check, limits)
+
+
 def _find_index(path: str) -> str | None:
     if path.endswith(".index.json"):
-        if not os.path.isfile(path):
-            raise CheckpointFormatError(f"{path}: no such file")
+        if not stat.S_ISREG(_file_mode(path)):
+            raise CheckpointFormatError(f"{path}: a folder, not a sharded index file")
         return path
     found = sorted(name for name in os.listdir(path) if name.endswith(".index.json"))
     return os.path.join(path, found[0]) if found else None
@@ -282,14 +331,3 @@ def _single_file_in(folder: str) -> str:
         return os.path.join(folder, found[0])
     raise CheckpointFormatError(f"{folder}: a folder with no *.index.json and "
                                 f"{'no' if not found else len(found)} checkpoint files; name the file to read")
-
-
-def _read_weight_map(index_path: str) -> dict[str, str]:
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointFormatError(f"{index_path}: not a sharded checkpoint index ({exc})") from exc
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointFormatError(f"{index_path}: the index has an empty weight_map")
-    return weight_map

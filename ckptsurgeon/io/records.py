@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import mmap
 import os
-from typing import BinaryIO, Callable, NamedTuple, Protocol
+import zlib
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
+
+from ..errors import CheckpointFormatError
 
 COPY_CHUNK = 64 * 1024 * 1024
+CHECK_CHUNK = 4 * 1024 * 1024
+
+# Whether readers verify zip CRC-32s by default (``--check``); see checking().
+CHECK_CRC: contextvars.ContextVar[bool] = contextvars.ContextVar("ckptsurgeon_check_crc", default=False)
+
+
+@contextlib.contextmanager
+def checking(enabled: bool = True) -> Iterator[None]:
+    """Within this block, checkpoints opened without an explicit ``check=`` verify their CRC-32s."""
+    token = CHECK_CRC.set(enabled)
+    try:
+        yield
+    finally:
+        CHECK_CRC.reset(token)
 
 
 class FileSpan(NamedTuple):
@@ -64,15 +83,28 @@ class MappedRecords:
     """
 
     def __init__(self, path: str, spans: dict[str, tuple[int, int]] | None = None, *,
-                 locate: Callable[[], dict[str, tuple[int, int]]] | None = None) -> None:
+                 locate: Callable[[], dict[str, tuple[int, int]]] | None = None,
+                 sizes: dict[str, int] | None = None, crcs: dict[str, int] | None = None,
+                 check: bool = False) -> None:
         self.path = path
         self._spans = spans
+        self._sizes = sizes     # record sizes known before the spans are located (a zip's central directory)
         self._locate = locate   # computes the spans on first use (a torch zip's records)
         self._map: mmap.mmap | None = None
+        self.crcs = crcs        # a zip's CRC-32 per record
+        self.check = check and crcs is not None
+        self._verified: set[str] = set()
 
     @property
     def spans_loaded(self) -> bool:
         return self._spans is not None
+
+    @property
+    def sizes(self) -> dict[str, int] | None:
+        """Each record's size in bytes, when known without locating the records."""
+        if self._sizes is None and self._spans is not None:
+            self._sizes = {key: length for key, (_, length) in self._spans.items()}
+        return self._sizes
 
     @property
     def spans(self) -> dict[str, tuple[int, int]]:
@@ -90,7 +122,38 @@ class MappedRecords:
         start, length = self.spans[key]
         if length == 0:
             return memoryview(b"")
+        if self.check:
+            self.verify(key)
         return memoryview(self._mapped())[start:start + length]
+
+    def verify(self, key: str) -> None:
+        """Check a record's CRC-32 against the zip's (once per record). Read in chunks through a file, not the
+        map, so checking a large file costs no resident memory."""
+        if key in self._verified or self.crcs is None:
+            return
+        start, length = self.spans[key]
+        crc, done, chunk = 0, 0, bytearray(min(CHECK_CHUNK, max(length, 1)))
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(start)
+            view = memoryview(chunk)
+            while done < length:
+                got = handle.readinto(view[:min(len(chunk), length - done)])
+                if not got:
+                    break
+                crc = zlib.crc32(view[:got], crc)
+                done += got
+        if crc != self.crcs.get(key, crc) or done < length:
+            raise CheckpointFormatError(f"{self.path}: record data/{key} fails its CRC-32 check (stored "
+                                        f"{self.crcs[key]:08x}, computed {crc:08x}); the file is damaged")
+        self._verified.add(key)
+
+    def verify_all(self) -> int:
+        """Check every record's CRC-32; returns how many were checked (0 for formats without CRCs)."""
+        if self.crcs is None:
+            return 0
+        for key in self.spans:
+            self.verify(key)
+        return len(self.spans)
 
     def close(self) -> None:
         if self._map is not None:

@@ -12,11 +12,13 @@ import struct
 from typing import Any, BinaryIO, Iterable, NamedTuple
 
 from ..errors import CheckpointFormatError
+from .limits import limit_error
 from ..specs import ELEMENT_SIZE, SAFETENSORS_CODE, SAFETENSORS_DTYPE, TensorSpec
 from .records import FileSpan, MappedRecords, copy_span, file_size
 from .refs import TensorRef
 
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = 100_000_000   # the safetensors library's own limit; see Limits.header
+_U64 = 1 << 64
 
 
 class SafetensorsFile(NamedTuple):
@@ -26,25 +28,71 @@ class SafetensorsFile(NamedTuple):
     records: MappedRecords
 
 
-def read_safetensors_header(path: str) -> SafetensorsFile:
-    """Specs and byte ranges of every tensor, from the header alone."""
+def read_safetensors_header(path: str, *, max_header: int = MAX_HEADER) -> SafetensorsFile:
+    """Specs and byte ranges of every tensor, from the header alone, validated as the safetensors library
+    validates it: UTF-8 JSON without duplicate keys, a ``__metadata__`` of strings, known dtypes, offsets that
+    tile the data exactly (no overlap, gap or trailing bytes) and sizes that agree with the shapes."""
+    size = file_size(path)
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) < 8:
             raise CheckpointFormatError(f"{path}: too short to be a safetensors file")
         length = struct.unpack("<Q", raw)[0]
-        if length > MAX_HEADER or length + 8 > file_size(path):
+        if length > max_header:
+            raise limit_error(path, "header", max_header)
+        if length + 8 > size:
             raise CheckpointFormatError(f"{path}: safetensors header length {length} is past the end of the file; "
                                         f"the file is truncated or not safetensors")
-        try:
-            header = json.loads(handle.read(length), object_pairs_hook=_compact_entry)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
+        header = _parse_header(handle.read(length), path)
+    metadata = _checked_metadata(header.pop("__metadata__", None), path)
+    refs, spans = _parse_entries(header, 8 + length, size, path)
+    return SafetensorsFile(path, refs, metadata, MappedRecords(path, spans))
+
+
+def _parse_header(raw: bytes, path: str) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_compact_entry, parse_constant=_no_constant,
+                            parse_int=_unsigned)
+    except UnicodeDecodeError as exc:
+        raise CheckpointFormatError(f"{path}: safetensors header is not UTF-8 ({exc})") from exc
+    except RecursionError:
+        raise CheckpointFormatError(f"{path}: safetensors header nests too deep; the file is damaged or hostile") from None
+    except ValueError as exc:   # JSONDecodeError, duplicate keys, NaN, numbers too long
+        raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise CheckpointFormatError(f"{path}: safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    refs, spans = _parse_entries(header, 8 + length, file_size(path), path)
-    return SafetensorsFile(path, refs, dict(metadata), MappedRecords(path, spans))
+    return header
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unsigned(text: str) -> int:
+    return -1 if text.startswith("-") else int(text)   # -0 is no offset or size either
+
+
+def _checked_metadata(metadata: Any, path: str) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) and _utf8(k) and _utf8(v)
+                                                 for k, v in metadata.items()):
+        raise CheckpointFormatError(f"{path}: safetensors __metadata__ must be an object of strings, got "
+                                    f"{_short(metadata)}")
+    return dict(metadata)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Entry(NamedTuple):
@@ -56,13 +104,17 @@ class _Entry(NamedTuple):
 
 def _compact_entry(pairs: list[tuple[str, Any]]) -> Any:
     """JSON objects as they are parsed: a tensor entry becomes a small tuple at once (100k entries as dicts
-    would cost tens of MB more at the peak)."""
+    would cost tens of MB more at the peak); a repeated key is refused, as the safetensors library does."""
+    entry = dict(pairs)
+    if len(entry) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {_short(duplicate)}")
     if len(pairs) == 3:
-        entry = dict(pairs)
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if "dtype" in entry and isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2:
             return _Entry(entry["dtype"], tuple(shape), offsets[0], offsets[1])
-    return dict(pairs)
+    return entry
 
 
 def _parse_entries(header: dict, data_start: int, size: int, path: str
@@ -72,23 +124,48 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
     spans: dict[str, tuple[int, int]] = {}
     for name in list(header):   # popped one by one, so the parsed JSON is freed as the refs are built
         entry = header.pop(name)
-        try:
-            if not isinstance(entry, _Entry):
-                entry = _Entry(entry["dtype"], tuple(entry["shape"]), *entry["data_offsets"])
-            dtype, shape, begin, end = SAFETENSORS_DTYPE[entry.dtype], entry.shape, entry.begin, entry.end
-            numel = math.prod(shape)
-            valid = type(begin) is int and type(end) is int and all(type(d) is int and d >= 0 for d in shape)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointFormatError(f"{path}: bad safetensors entry for '{name}' ({exc})") from exc
-        if not valid or end - begin != numel * ELEMENT_SIZE[dtype] or begin < 0:
-            raise CheckpointFormatError(f"{path}: '{name}' has {end - begin} bytes, shape {shape} needs "
+        if not isinstance(entry, _Entry) or entry.dtype not in SAFETENSORS_DTYPE or not _utf8(name):
+            raise CheckpointFormatError(f"{path}: bad safetensors entry for {_short(name)}: {_short(entry)} (expected "
+                                        f"dtype, shape and data_offsets, with a known dtype)")
+        dtype, shape, begin, end = SAFETENSORS_DTYPE[entry.dtype], entry.shape, entry.begin, entry.end
+        if not all(type(v) is int and 0 <= v < _U64 for v in (begin, end, *shape)) or end < begin:
+            raise CheckpointFormatError(f"{path}: {_short(name)} has shape {_short(list(shape))} and data_offsets "
+                                        f"{_short([begin, end])}; both must be whole numbers, offsets ascending")
+        numel = _numel(shape, path, name)
+        if end - begin != numel * ELEMENT_SIZE[dtype]:
+            raise CheckpointFormatError(f"{path}: {_short(name)} has {end - begin} bytes, shape {shape} needs "
                                         f"{numel * ELEMENT_SIZE[dtype]}")
         if data_start + end > size:
             raise CheckpointFormatError(f"{path}: '{name}' needs {end - begin} bytes at {data_start + begin}, but the "
                                         f"file ends at {size}; the file is truncated")
         spans[name] = (data_start + begin, end - begin)
         refs[name] = TensorRef(name, 0, shape, None, dtype)  # stride None: contiguous
+    _check_tiling(spans, data_start, size, path)
     return refs, spans
+
+
+def _numel(shape: tuple, path: str, name: str) -> int:
+    numel = 1
+    for dim in shape:   # the library multiplies left to right in 64 bits and refuses any overflow
+        numel *= dim
+        if numel >= _U64:
+            raise CheckpointFormatError(f"{path}: {_short(name)} has shape {_short(list(shape))}, too many elements")
+    return numel
+
+
+def _check_tiling(spans: dict[str, tuple[int, int]], data_start: int, size: int, path: str) -> None:
+    """The tensors' bytes must follow each other from the start of the data to the end of the file."""
+    at = data_start
+    for name, (start, length) in sorted(spans.items(), key=lambda item: (item[1][0], item[1][0] + item[1][1])):
+        if start != at:
+            what = "overlaps the tensor before it" if start < at else f"leaves a gap of {start - at} bytes before it"
+            raise CheckpointFormatError(f"{path}: {_short(name)} starts at byte {start - data_start} of the data and "
+                                        f"{what}; the file is damaged")
+        at = start + length
+    if at != size:
+        what = (f"the file ends at {size}; the file is truncated" if at > size
+                else f"{size - at} bytes follow the last tensor; the file is damaged")
+        raise CheckpointFormatError(f"{path}: the tensors' data ends at byte {at}, but {what}")
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -99,13 +176,25 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def check_key(name: str) -> None:
+    """Refuse a tensor name no reader could take back (not UTF-8: a lone surrogate from a damaged pickle)."""
+    if not isinstance(name, str) or not _utf8(name) or name == "__metadata__":
+        raise CheckpointFormatError(f"tensor name {_short(name)} cannot be written: not valid UTF-8 text (a lone "
+                                    f"surrogate) or reserved; rename it (transfer --rename) or drop it")
+
+
 def build_header(specs: Iterable[TensorSpec], metadata: dict[str, str] | None) -> bytes:
     """The padded header for tensors written in the given order."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        bad = next((k for k, v in header["__metadata__"].items() if not (_utf8(k) and _utf8(v))), None)
+        if bad is not None:
+            raise CheckpointFormatError(f"metadata {_short(bad)}: not valid UTF-8 (a lone surrogate); safetensors "
+                                        f"readers would refuse the file")
     offset = 0
     for spec in specs:
+        check_key(spec.name)
         if spec.dtype not in SAFETENSORS_CODE:
             raise CheckpointFormatError(f"'{spec.name}': dtype {spec.dtype} cannot be stored in safetensors")
         header[spec.name] = {"dtype": SAFETENSORS_CODE[spec.dtype], "shape": list(spec.shape),

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
+from .limits import Budget
 from .records import MappedRecords
 from .refs import StorageRef
 from .unpickler import SafeUnpickler
@@ -30,11 +31,12 @@ class Unpickled:
         self.stubbed = stubbed
 
 
-def read_torch_zip(path: str) -> Unpickled:
+def read_torch_zip(path: str, budget: Budget, *, check: bool = False) -> Unpickled:
     """Parse the ``data.pkl`` of a torch zip checkpoint without running its code.
 
     Reads the end of the file, the first central-directory entries and the pickle; the byte ranges of
-    the tensor records are located only when a tensor is first read.
+    the tensor records are located by the caller's first look at them. With ``check``, each record's
+    CRC-32 is verified when it is first read.
     """
     archive = ZipArchive(path)
     try:
@@ -47,11 +49,14 @@ def read_torch_zip(path: str) -> Unpickled:
         if order is not None:
             _check_byteorder(archive.read(order), path)
         with archive.stream(pickled) as pickle_bytes:
-            unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]))
+            unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]), budget=budget)
             obj = _load(unpickler, path)
+        sizes, crcs = archive.record_table(root + "data/")  # every tensor checked against its record
     finally:
         archive.close()
-    return Unpickled(obj, MappedRecords(path, locate=lambda: _record_spans(path, root + "data/")), unpickler.stubbed)
+    records = MappedRecords(path, locate=lambda: _record_spans(path, root + "data/"), sizes=sizes, crcs=crcs,
+                            check=check)
+    return Unpickled(obj, records, unpickler.stubbed)
 
 
 def _find(entries: Any, suffix: str) -> Entry | None:
@@ -87,20 +92,20 @@ def _record_spans(path: str, prefix: str) -> dict[str, tuple[int, int]]:
     return spans
 
 
-def read_torch_legacy(path: str) -> Unpickled:
+def read_torch_legacy(path: str, budget: Budget, *, check: bool = False) -> Unpickled:
     """Parse a pre-zip torch file: magic, protocol, sys info, the object, then raw storages."""
     with open(path, "rb") as handle:
         # One unpickler per pickle: from protocol 4 on, MEMOIZE numbers the memo from zero in each pickle.
-        magic = _load(SafeUnpickler(handle), path)
+        magic = _load(SafeUnpickler(handle, budget=budget), path)
         if magic != LEGACY_MAGIC:
             raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad legacy magic number)")
-        _load(SafeUnpickler(handle), path)  # protocol version
-        sys_info = _load(SafeUnpickler(handle), path)
+        _load(SafeUnpickler(handle, budget=budget), path)  # protocol version
+        sys_info = _load(SafeUnpickler(handle, budget=budget), path)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
-        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]), remember_storages=True)
+        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]), remember_storages=True, budget=budget)
         obj = _load(unpickler, path)
-        keys = _load(SafeUnpickler(handle), path)
+        keys = _load(SafeUnpickler(handle, budget=budget), path)
         spans = _legacy_spans(handle, keys, unpickler.storages, path)
     return Unpickled(obj, MappedRecords(path, spans), unpickler.stubbed)
 
@@ -108,7 +113,10 @@ def read_torch_legacy(path: str) -> Unpickled:
 def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path: str) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     end = os.fstat(handle.fileno()).st_size
-    for key in keys if isinstance(keys, list) else ():
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise CheckpointFormatError(f"{path}: the storage key list is {type(keys).__name__}, not a list of names; "
+                                    f"the file is damaged")
+    for key in keys:
         raw = handle.read(8)
         if len(raw) < 8:
             raise CheckpointFormatError(f"{path}: truncated in the storage data")
@@ -123,10 +131,10 @@ def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path:
     return spans
 
 
-def read_plain_pickle(path: str) -> Unpickled:
+def read_plain_pickle(path: str, budget: Budget, *, check: bool = False) -> Unpickled:
     """A pickle that is not a torch file: e.g. detectron2's ``{'model': {name: ndarray}}``."""
     with open(path, "rb") as handle:
-        unpickler = SafeUnpickler(handle)
+        unpickler = SafeUnpickler(handle, budget=budget)
         obj = _load(unpickler, path)
     return Unpickled(obj, MappedRecords(path, {}), unpickler.stubbed)
 

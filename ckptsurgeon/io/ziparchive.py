@@ -26,6 +26,7 @@ class Entry(NamedTuple):
     compression: int
     size: int
     header_offset: int
+    crc: int = 0
 
 
 class ZipArchive:
@@ -77,9 +78,31 @@ class ZipArchive:
             if 0xFFFFFFFF in (size, offset, fields[8]):
                 size, offset = _zip64_extra(self.map[at + _CENTRAL.size + name_len:
                                                      at + _CENTRAL.size + name_len + extra_len], fields)
-            yield Entry(name, fields[4], size, offset)
+            yield Entry(name, fields[4], size, offset, fields[7])
             at += _CENTRAL.size + name_len + extra_len + comment_len
             seen += 1
+
+    def record_table(self, prefix: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Size and CRC-32 of every entry under ``prefix`` (keyed by the rest of the name), from the central
+        directory alone: a tight loop, as a torch zip may hold 100k records."""
+        head, cut, view, unpack, fixed = prefix.encode(), len(prefix.encode()), self.map, _CENTRAL.unpack_from, _CENTRAL.size
+        sizes: dict[str, int] = {}
+        crcs: dict[str, int] = {}
+        at, end = self.cd_offset, self.cd_offset + self.cd_size
+        while at + fixed <= end:
+            fields = unpack(view, at)
+            if fields[0] != b"PK\x01\x02":
+                raise CheckpointFormatError(f"{self.path}: damaged zip central directory")
+            name_end = at + fixed + fields[10]
+            name = view[at + fixed:name_end]
+            if name.startswith(head):
+                size = fields[9]
+                if 0xFFFFFFFF in (size, fields[16], fields[8]):
+                    size = _zip64_extra(view[name_end:name_end + fields[11]], fields)[0]
+                key = name[cut:].decode("utf-8", "replace")
+                sizes[key], crcs[key] = size, fields[7]
+            at = name_end + fields[11] + fields[12]
+        return sizes, crcs
 
     def data_start(self, entry: Entry) -> int:
         """Where an entry's bytes begin: after its local header (whose extra field pads for alignment)."""
