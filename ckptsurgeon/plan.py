@@ -77,7 +77,7 @@ class Ambiguity:
     chosen: str
     alternative: str
     rename_rule: str | None = None   # the --rename options that state the alternative reading
-    renames: tuple[tuple[str, str], ...] = ()   # (source module, target module) pairs of that reading
+    renames: tuple[tuple[str, str | None], ...] = ()   # (source module, target module or None: unused)
 
 
 @dataclass(frozen=True)

@@ -92,16 +92,31 @@ def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_roo
     for sig, t_nodes in t_by_sig.items():
         s_nodes = s_by_sig[sig]
         t_nodes = [n for n in t_nodes if free.free_target(n)]
-        if not t_nodes or len(s_nodes) != s_all[sig] or len(t_nodes) != t_all[sig]:
-            continue    # identical modules stayed matched somewhere: no evidence these two moved
-        chosen = [(s_nodes[0], t_nodes[0])] if len(s_nodes) == len(t_nodes) == 1 else _by_name(s_nodes, t_nodes)
+        if not t_nodes:
+            continue
+        if len(s_nodes) != s_all[sig] or len(t_nodes) != t_all[sig]:
+            # identical modules stayed matched elsewhere: only the same name says these two moved
+            chosen = _same_name(s_nodes, t_nodes)
+        elif len(s_nodes) == len(t_nodes) == 1:
+            chosen = [(s_nodes[0], t_nodes[0])]
+        else:
+            chosen = _by_name(s_nodes, t_nodes)
+            left_s = [n for n in s_nodes if n not in {s for s, _ in chosen}]
+            left_t = [n for n in t_nodes if n not in {t for _, t in chosen}]
+            if left_s and left_t:
+                matcher.unpaired_modules(_common_parent(left_s + left_t), left_s, left_t)
         for s_node, t_node in chosen:
             matcher.match(s_node, t_node, MOVE)
             free.moved.append((s_node.path, t_node.path))
-        left_s = [n for n in s_nodes if n not in {s for s, _ in chosen}]
-        left_t = [n for n in t_nodes if n not in {t for _, t in chosen}]
-        if left_s and left_t:
-            matcher.unpaired_modules(_common_parent(left_s + left_t), left_s, left_t)
+
+
+def _same_name(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:
+    """Pairs whose module names agree, each name unique among the candidates on both sides."""
+    s_names = Counter(node.name for node in s_nodes)
+    t_names = Counter(node.name for node in t_nodes)
+    by_name = {node.name: node for node in s_nodes}
+    return [(by_name[node.name], node) for node in t_nodes
+            if not node.name.isdigit() and s_names[node.name] == 1 and t_names[node.name] == 1]
 
 
 def _by_name(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:

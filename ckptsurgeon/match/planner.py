@@ -8,15 +8,16 @@ import re
 from typing import Iterable, Mapping
 
 from ..errors import MappingError
-from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, NO_MATCH, ORDER, PREFIX,
-                    RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
+from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
+                    REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
                     Unused, is_bookkeeping)
 from ..runtime import paused_gc
 from ..specs import TensorSpec, format_shape
+from ..tree import parent_of
 from .order import match_by_order
 from .prefix import detect_prefix_move, moved_name
 from .rules import PatternRule, apply_renames, first_match, parse_init_rules, parse_rename, parse_resize_rules
-from .structure import match_structure
+from .structure import StructureMatch, match_structure
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,13 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     resize_rules, init_rules = parse_resize_rules(options.resize), parse_init_rules(options.init)
     pinned, rest, provenance, dropped = _rename_sources(source, target, options.rename)
     free_targets = {name: spec for name, spec in target.items() if name not in pinned}
-    move = detect_prefix_move(rest, free_targets)
+    move = detect_prefix_move(rest, target)   # the whole target: pinned keys still show where modules live
     if move is not None:
         rest, provenance, move = _apply_move(rest, provenance, move)
     found = match_structure(rest.values(), free_targets.values(), EXACT)
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
+    found.pairs.update(_exact_name_floor(rest, free_targets, found))
     pairs = {t: _provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
@@ -73,6 +75,29 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     unused = _unused(source, steps, dropped, ambiguous, paired)
     ambiguities = tuple(_with_rename_rule(a, rest, provenance) for a in found.ambiguities)
     return Plan(steps, unused, ambiguities, move, options)
+
+
+def _exact_name_floor(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], found: StructureMatch
+                      ) -> dict[str, tuple[str, str]]:
+    """Never load less than the exact-name loop: a target tensor left unpaired whose name and shape the
+    source has loads from it, unless the plan says that name now belongs elsewhere (its module loads from
+    another module, or that source module feeds another one) or is ambiguous."""
+    used = {s for s, _ in found.pairs.values()} | found.ambiguous_sources
+    if len(used) == len(source) or len(found.pairs) == len(target):
+        return {}
+    loads_from: dict[str, str] = {}
+    for t, (s, _) in found.pairs.items():
+        loads_from[parent_of(t)] = parent_of(s)
+    feeding = set(loads_from.values())
+    extra = {}
+    for name, spec in target.items():
+        other = source.get(name)
+        if name in found.pairs or other is None or other.shape != spec.shape or name in used:
+            continue
+        module = parent_of(name)
+        if loads_from.get(module, module) == module and (module not in feeding or loads_from.get(module) == module):
+            extra[name] = (name, EXACT)
+    return extra
 
 
 def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
@@ -145,7 +170,8 @@ def _with_rename_rule(ambiguity: Ambiguity, rest: Mapping[str, TensorSpec], prov
     ordered = _order_rules([(s, t) for s, t in pairs if s is not None and s != t])
     if not ordered:
         return ambiguity
-    text = " ".join(f"--rename '^{re.escape(s)}\\.={t}.'" for s, t in ordered)
+    text = " ".join(f"--rename '^{re.escape(s)}\\.={t}.'" if t else f"--rename '^{re.escape(s)}\\..*='"
+                    for s, t in ordered)
     return dataclasses.replace(ambiguity, rename_rule=text)
 
 
@@ -237,6 +263,8 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
 _COPY_REASONS = {EXACT: "same name and shape", RENAME: "renamed by a --rename rule",
                  PREFIX: "the same name after a prefix move", ALIGN: "structural alignment: indices shifted",
                  SIGNATURE: "a sibling saved under another name, paired by its signature",
+                 MOVE: "a sub-tree found under another parent, its signature unique in both models",
+                 REGROUP: "a leaf module regrouped under another parent inside a matched module",
                  ORDER: "registration order (--order-fallback), signatures agree",
                  TIED: "tied to a target key loaded from the same source"}
 

@@ -49,15 +49,36 @@ def masked_shapes(specs: Mapping[str, TensorSpec]) -> dict[str, set[tuple[int, .
     return out
 
 
-def count_agreeing(source: Mapping[str, TensorSpec], masked_target: dict[str, set[tuple[int, ...]]],
-                   move: tuple[str, str]) -> int:
-    """How many source keys land on a target name of their shape after the move, indices aside (they may shift)."""
-    return sum(1 for name, spec in source.items()
-               if spec.shape in masked_target.get(mask_indices(moved_name(name, move)), ()))
+def _has_index(prefix: str) -> bool:
+    """A prefix with a position in it (``layers.0.``, ``head.0.fc.``) is an index shift or a single module's
+    move, the structural passes' business, never a prefix move."""
+    return any(part.isdigit() for part in prefix.split("."))
 
 
-def _ends_at_index(prefix: str) -> bool:
-    return prefix.rstrip(".").rpartition(".")[2].isdigit()
+class _Agreement:
+    """Counts, for a candidate move, the source keys that land on a target name of their shape (indices
+    aside: they may shift). Masks are computed once per key; a move only swaps a masked prefix."""
+
+    def __init__(self, source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) -> None:
+        self.items = [(name, mask_indices(name), spec.shape) for name, spec in source.items()]
+        self.masked_target = masked_shapes(target)
+
+    def count(self, move: tuple[str, str], items: list | None = None) -> tuple[int, int, int]:
+        """(keys agreeing after the move, of which moved, keys moved)."""
+        removed, added = move
+        m_removed, m_added = mask_indices(removed), mask_indices(added)
+        cut = len(m_removed)
+        lookup = self.masked_target.get
+        agree = agree_moved = moved = 0
+        for name, masked, shape in self.items if items is None else items:
+            if name.startswith(removed):
+                moved += 1
+                if shape in lookup(m_added + masked[cut:], ()):
+                    agree += 1
+                    agree_moved += 1
+            elif shape in lookup(masked, ()):
+                agree += 1
+        return agree, agree_moved, moved
 
 
 def detect_prefix_move(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) -> tuple[str, str] | None:
@@ -68,22 +89,33 @@ def detect_prefix_move(source: Mapping[str, TensorSpec], target: Mapping[str, Te
     half = min(len(source), len(target)) // 2
     if sum(1 for name in source if name in target) > half:
         return None
-    masked = masked_shapes(target)
-    as_is = count_agreeing(source, masked, ("", ""))
+    wrapper = _wrapper_move(source, target)
+    agreement = _Agreement(source, target)
+    as_is = agreement.count(("", ""))[0]
     if as_is > half:
         return None
-    candidates = [move for move, _ in _vote(source, target).most_common(FINALISTS)] + list(WRAPPERS)
+    candidates = [move for move in dict.fromkeys([m for m, _ in _vote(source, target).most_common(FINALISTS)]
+                                                 + list(WRAPPERS))
+                  if move != ("", "") and not _has_index(move[0]) and not _has_index(move[1])]
     scored = []
-    for move in dict.fromkeys(candidates):
-        if move == ("", "") or _ends_at_index(move[0]) or _ends_at_index(move[1]):
-            continue
-        count = count_agreeing(source, masked, move)
-        if count > max(as_is, half) and _explains_what_it_moves(source, masked, move) \
-                and not _still_home(source, target, move):
+    for move in _most_promising(agreement, candidates):
+        count, count_moved, moved = agreement.count(move)
+        explains = count_moved * 2 > moved or move == wrapper   # a wrapper moves what changed inside too
+        if count > max(as_is, half) and explains and not _still_home(source, target, move):
             exact = sum(1 for name in source if moved_name(name, move) in target)
             scored.append((count, exact, -len(move[0]) - len(move[1]), move))
     # most keys explained, then most exact names, then the smallest change of name
-    return max(scored)[3] if scored else _wrapper_move(source, target)
+    return max(scored)[3] if scored else wrapper
+
+
+def _most_promising(agreement: _Agreement, candidates: list[tuple[str, str]], sample: int = 4000,
+                    keep: int = 3) -> list[tuple[str, str]]:
+    """Large checkpoints: rank the candidates on a sample of keys and count only the best few exactly."""
+    if len(agreement.items) <= sample or len(candidates) <= keep:
+        return candidates
+    items = agreement.items[::len(agreement.items) // sample]
+    ranked = sorted(candidates, key=lambda move: -agreement.count(move, items)[0])
+    return ranked[:keep]
 
 
 def _wrapper_move(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) -> tuple[str, str] | None:
@@ -95,12 +127,6 @@ def _wrapper_move(source: Mapping[str, TensorSpec], target: Mapping[str, TensorS
         if added and all(n.startswith(added) for n in target) and not any(n.startswith(added) for n in source):
             return removed, added
     return None
-
-
-def _explains_what_it_moves(source: Mapping[str, TensorSpec], masked: dict[str, set[tuple[int, ...]]],
-                            move: tuple[str, str]) -> bool:
-    moved = {name: spec for name, spec in source.items() if name.startswith(move[0])}
-    return count_agreeing(moved, masked, move) * 2 > len(moved)
 
 
 def _still_home(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], move: tuple[str, str]) -> bool:
@@ -132,7 +158,11 @@ def _vote(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) ->
     votes: Counter = Counter()
     for name in names[::step]:
         for other in by_tail.get(_tail(name), ()):
-            votes[_move_between(name, other)] += 1
+            removed, added = _move_between(name, other)
+            votes[(removed, added)] += 1
+            anchor = name[len(removed):].partition(".")[0] + "."
+            if anchor != "." and not anchor[:-1].isdigit():   # the same move, one module deeper
+                votes[(removed + anchor, added + anchor)] += 1
     return votes
 
 

@@ -28,7 +28,7 @@ from typing import Iterable
 
 from ..plan import ALIGN, SIGNATURE, Ambiguity
 from ..specs import TensorSpec
-from .align import align_modules
+from .align import align_modules, gaps
 from .nodes import Node, build_tree
 from .similarity import PARTIAL_MAX, partial_weight, similar_pairs
 
@@ -50,7 +50,7 @@ class Matcher:
     def match(self, source: Node, target: Node, strategy: str) -> None:
         self.note_pair(source, target)
         if source.sig == target.sig:
-            self._match_identical(source, target, strategy, source.path == target.path)
+            self._pair_identical(source, target, strategy, source.path == target.path)
             return
         own = source.tensors
         for leaf in target.tensors:
@@ -79,9 +79,12 @@ class Matcher:
             if leaf in own:
                 self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
 
+    def _pair_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
+        self.note_pair(source, target)   # the nodes below pair too, but no later pass needs to know
+        self._match_identical(source, target, strategy, same_path)
+
     def _match_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
         """Equal signatures: the same relative names all the way down, so pair by name without searching."""
-        self.note_pair(source, target)
         pairs = self.result.pairs
         for leaf in target.shapes:
             key = target.key(leaf)
@@ -107,7 +110,7 @@ class Matcher:
         a_names, b_names = [i for i, _ in s_seq], [j for j, _ in t_seq]
         chosen, other = align_modules([n.sig for n in s_nodes], [n.sig for n in t_nodes], partial, PARTIAL_MAX,
                                       a_names, b_names)
-        for i, j in chosen:
+        for i, j in chosen + lone_gaps(chosen, len(s_nodes), len(t_nodes)):
             self.match(s_nodes[i], t_nodes[j], strategy if a_names[i] == b_names[j] else ALIGN)
         if other is not None:
             self._record_ambiguity(parent, s_seq, t_seq, chosen, other)
@@ -123,8 +126,8 @@ class Matcher:
         new_other = set(range(len(t_seq))) - {j for _, j in other}
         unused_chosen = set(range(len(s_seq))) - {i for i, _ in chosen}
         unused_other = set(range(len(s_seq))) - {i for i, _ in other}
-        renames = tuple((parent.child_path(str(s_seq[i][0])), parent.child_path(str(t_seq[j][0])))
-                        for i, j in other if (i, j) not in set(chosen) and s_seq[i][0] != t_seq[j][0])
+        renames = tuple((parent.child_path(str(s_seq[i][0])), None if j is None else parent.child_path(str(t_seq[j][0])))
+                        for i, j in _other_reading_renames(s_seq, t_seq, chosen, other))
         self.result.ambiguities.append(Ambiguity(
             parent.path or "<root>",
             f"new: {names(t_seq, new_chosen)}; unused: {names(s_seq, unused_chosen)} (names kept where they could be)",
@@ -151,24 +154,31 @@ class Matcher:
             chosen = [(s_names[0], t_names[0])] if len(s_names) == len(t_names) == 1 else similar_pairs(s_names, t_names)
             for s_name, t_name in chosen:
                 self.match(s_left[s_name], t_left[t_name], SIGNATURE)
-            s_done |= set(s_names)
-            t_done |= set(t_names)
-            undecided = [n for n in s_names if n not in {s for s, _ in chosen}]
-            if undecided and len(chosen) < min(len(s_names), len(t_names)):
-                t_undecided = [t for t in t_names if t not in {t for _, t in chosen}]
-                self.unpaired_modules(parent.path, [s_left[n] for n in undecided], [t_left[n] for n in t_undecided])
+            s_done.update(s for s, _ in chosen)
+            t_done.update(t for _, t in chosen)
+            s_rest = [n for n in s_names if n not in s_done]
+            t_rest = [n for n in t_names if n not in t_done]
+            if s_rest and t_rest:   # identical modules left on both sides: nothing tells them apart
+                self.unpaired_modules(parent.path, [s_left[n] for n in s_rest], [t_left[n] for n in t_rest])
+                s_done.update(s_rest)
+                t_done.update(t_rest)
         self._pair_changed({n: c for n, c in s_left.items() if n not in s_done},
                            {n: c for n, c in t_left.items() if n not in t_done})
 
     def _pair_changed(self, s_left: dict[str, Node], t_left: dict[str, Node]) -> None:
-        """Renamed siblings that also changed inside: mutual unique best partners by shared tensor names."""
+        """Renamed siblings that also changed inside: mutual unique best partners by shared tensor names and
+        shapes, then (among equally good ones) by clear name evidence."""
         scores = {(s, t): partial_weight(s_node, t_node) for s, s_node in s_left.items() for t, t_node in t_left.items()}
+        chosen = []
         for (s, t), score in scores.items():
-            if not score:
-                continue
             rivals = [v for (s2, t2), v in scores.items() if (s2 == s) != (t2 == t)]
-            if all(score > v for v in rivals):
-                self.match(s_left[s], t_left[t], SIGNATURE)
+            if score and all(score > v for v in rivals):
+                chosen.append((s, t))
+        s_rest = [s for s in s_left if s not in {s for s, _ in chosen}]
+        t_rest = [t for t in t_left if t not in {t for _, t in chosen}]
+        chosen += [(s, t) for s, t in similar_pairs(s_rest, t_rest) if scores[(s, t)]]
+        for s, t in chosen:
+            self.match(s_left[s], t_left[t], SIGNATURE)
 
     def unpaired_modules(self, where: str, s_nodes: list[Node], t_nodes: list[Node]) -> None:
         """Identical modules that nothing tells apart: nothing loads into them; the renames say how to."""
@@ -180,15 +190,53 @@ class Matcher:
             self.result.ambiguous_sources.update(node.keys())
 
 
+def _other_reading_renames(s_seq: list, t_seq: list, chosen: list[tuple[int, int]], other: list[tuple[int, int]]
+                           ) -> list[tuple[int, int | None]]:
+    """(source, target) positions the --rename rules of the other reading must state: its pairs that differ
+    from the chosen ones, then every module whose name one of those takes (by its own pair in the other
+    reading, or None: it gives its name up)."""
+    in_other = dict(other)
+    position = {index: k for k, (index, _) in enumerate(s_seq)}
+    rules: list[tuple[int, int | None]] = [(i, j) for i, j in other
+                                           if (i, j) not in set(chosen) and s_seq[i][0] != t_seq[j][0]]
+    stated = {i for i, _ in rules}
+    # a module whose keys all land on target keys is pinned there and takes no name from another source
+    pending = [(i, j) for i, j in rules if s_seq[i][1].sig != t_seq[j][1].sig]
+    while pending:
+        _, j = pending.pop()
+        k = None if j is None else position.get(t_seq[j][0])   # the source module named like the target
+        if k is None or k in stated:
+            continue
+        stated.add(k)
+        j_k = in_other.get(k)   # the other reading's pair of k takes another index (or none)
+        rules.append((k, j_k))
+        if j_k is not None and s_seq[k][1].sig != t_seq[j_k][1].sig:
+            pending.append((k, j_k))
+    return rules
+
+
+def lone_gaps(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple[int, int]]:
+    """One module on each side between two aligned ones (or an end): the same place, so they pair by
+    position whatever changed inside (descending finds what still fits)."""
+    return [(s_gap[0], t_gap[0]) for s_gap, t_gap in gaps(pairs, n, m) if len(s_gap) == len(t_gap) == 1]
+
+
 def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], strategy: str) -> StructureMatch:
     """Pair target keys with source keys by structure; see the module docstring."""
     from .moves import match_moves
     from .regroup import match_regrouped
 
+    source, target = list(source), list(target)
     matcher = Matcher()
     s_root, t_root = build_tree(source), build_tree(target)
     matcher.match(s_root, t_root, strategy)
-    match_moves(matcher, s_root, t_root)
-    match_regrouped(matcher, s_root, t_root)
+    for later_pass in (match_moves, match_regrouped):
+        if not _leftovers_on_both_sides(matcher.result, len(source), len(target)):
+            break
+        later_pass(matcher, s_root, t_root)
     return matcher.result
 
+
+def _leftovers_on_both_sides(result: StructureMatch, sources: int, targets: int) -> bool:
+    used = {source for source, _ in result.pairs.values()}
+    return len(result.pairs) < targets and len(used | result.ambiguous_sources) < sources
