@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .io import CheckpointInfo, open_checkpoint
+from .io.shards import checkpoint_files
 from .io.writer import check_output_path, write_streamed
 from .specs import FLOATING, TensorSpec, normalize_dtype
 
@@ -21,15 +22,16 @@ class ConvertResult:
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, dtype: str | None = None,
-                       container: str | None = None, trust: bool = False, force: bool = False) -> ConvertResult:
+                       container: str | None = None, trust: bool = False, force: bool = False,
+                       check: bool | None = None) -> ConvertResult:
     """Write ``source``'s state dict to ``output`` (format by extension), casting floating tensors to ``dtype``.
 
     Integer and bool tensors (e.g. ``num_batches_tracked``) keep their dtype. The output is written
-    atomically and never replaces the input.
+    atomically and never replaces the input. ``check`` verifies the CRC-32 of each torch zip record read.
     """
     target_dtype = normalize_dtype(dtype) if dtype else None
-    output = check_output_path(output, inputs=[source], force=force)
-    with open_checkpoint(source, container=container, trust=trust) as checkpoint:
+    output = check_output_path(output, inputs=checkpoint_files(source), force=force)
+    with open_checkpoint(source, container=container, trust=trust, check=check) as checkpoint:
         check_output_path(output, inputs=_input_files(checkpoint.info), force=force)  # a folder's files, shards
         specs = [_converted(spec, target_dtype) for spec in checkpoint.specs.values()]
         produce = {spec.name: _producer(checkpoint, spec) for spec in specs}

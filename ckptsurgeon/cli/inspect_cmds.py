@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import cli
-from .options import container_options, force_option, model_options
+from .options import check_option, container_options, force_option, model_options
 
 
 @cli.command()
@@ -22,9 +22,10 @@ from .options import container_options, force_option, model_options
 @click.option("--filter", "pattern", metavar="PATTERN", help="Only keys matching this glob (e.g. '*conv1*').")
 @click.option("--regex", is_flag=True, help="Treat --filter as a regular expression (searched anywhere in the key).")
 @click.option("--json", "as_json", is_flag=True, help="Machine output (schema ckptsurgeon.inspect/1).")
+@click.option("--check", is_flag=True, help="Also verify the CRC-32 of every record of a torch zip (reads all tensor bytes).")
 def inspect(path: str | None, container: str | None, trust: bool, model_spec: str | None, model_kwargs: str | None,
             model_path: str | None, list_containers: bool, tree: bool, depth: int | None, pattern: str | None,
-            regex: bool, as_json: bool) -> None:
+            regex: bool, as_json: bool, check: bool) -> None:
     """Show the tensors of a checkpoint (PATH) or of a live model (--model): names, shapes, dtypes, counts.
 
     Reads no tensor data and runs no code from the file (unless --trust).
@@ -40,6 +41,7 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
                                    label=model_spec)
     else:
         inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
+    checked = _verified(path, container, trust) if check and path is not None else None
     if as_json:
         write_inspection_json(inspection, sys.stdout)
     elif list_containers:
@@ -48,6 +50,15 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
         click.echo(render_tree(inspection, depth))
     else:
         click.echo(render_table(inspection))
+    if checked is not None and not as_json:
+        click.echo(f"check: CRC-32 of {checked} records verified" if checked else
+                   "check: this format carries no checksums; only its structure was verified")
+
+
+def _verified(path: str, container: str | None, trust: bool) -> int:
+    from ..io import verify_checkpoint
+
+    return verify_checkpoint(path, container=container, trust=trust)
 
 
 @cli.command()
@@ -55,7 +66,8 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
 @click.argument("b")
 @container_options
 @click.option("--values", is_flag=True, help="Also compare values of same-shaped tensors (reads tensor data).")
-@click.option("--atol", type=float, default=0.0, show_default=True, help="With --values: differences up to this are equal.")
+@click.option("--atol", type=float, default=0.0, show_default=True,
+              help="With --values: differences up to this are equal (a number >= 0; bit-identical NaNs are equal).")
 def diff(a: str, b: str, container: str | None, trust: bool, values: bool, atol: float) -> None:
     """Compare two checkpoints: keys only in A or B, shape and dtype changes, and values. Exits 1 on differences."""
     from ..diff import diff_checkpoints, render_diff
@@ -73,12 +85,14 @@ def diff(a: str, b: str, container: str | None, trust: bool, values: bool, atol:
 @force_option
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "fp64"]),
               help="Cast floating tensors; integer buffers keep their dtype.")
-def convert(source: str, out: str, container: str | None, trust: bool, force: bool, dtype: str | None) -> None:
+@check_option
+def convert(source: str, out: str, container: str | None, trust: bool, force: bool, dtype: str | None,
+            check: bool | None) -> None:
     """Rewrite SOURCE's state dict as OUT (.safetensors, .pt, .pth), optionally in another dtype."""
     from ..convert import convert_checkpoint
     from ..views import human_bytes
 
-    result = convert_checkpoint(source, out, dtype=dtype, container=container, trust=trust, force=force)
+    result = convert_checkpoint(source, out, dtype=dtype, container=container, trust=trust, force=force, check=check)
     where = f" from container '{result.source.container}'" if result.source.container else ""
     click.echo(f"wrote {result.output}: {result.tensors} tensors{where}, {result.cast} cast to {dtype or 'their own dtype'}, "
                f"{human_bytes(result.nbytes)}")

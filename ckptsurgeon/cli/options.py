@@ -28,3 +28,9 @@ def model_options(func: F) -> F:
 def force_option(func: F) -> F:
     return click.option("--force", is_flag=True, help="Replace OUT if it exists.")(func)
 
+
+
+def check_option(func: F) -> F:
+    return click.option("--check/--no-check", default=None,
+                        help="Verify the CRC-32 of each torch zip record read (reads the bytes; "
+                             "see README, Reading checkpoints safely).")(func)

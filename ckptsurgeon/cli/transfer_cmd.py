@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import cli
-from .options import container_options, force_option, model_options
+from .options import check_option, container_options, force_option, model_options
 
 
 @cli.command()
@@ -30,11 +30,13 @@ from .options import container_options, force_option, model_options
 @click.option("--verbose", is_flag=True, help="List every renamed, resized and new key.")
 @container_options
 @force_option
+@check_option
 def transfer(source: str, template: str | None, model_spec: str | None, model_kwargs: str | None,
              model_path: str | None, out: str | None, report_json: str | None, report_md: str | None, dry_run: bool,
              rename: tuple[str, ...], resize: tuple[str, ...], init_rules: tuple[str, ...], order_fallback: bool,
              seed: int | None, strict: bool, allow_unused: tuple[str, ...], allow_new: tuple[str, ...],
-             min_coverage: float | None, verbose: bool, container: str | None, trust: bool, force: bool) -> None:
+             min_coverage: float | None, verbose: bool, container: str | None, trust: bool, force: bool,
+             check: bool | None) -> None:
     """Transfer SOURCE's weights into a modified architecture and account for every key.
 
     The target is a live model (--model) or a template checkpoint (--target). Names are matched by rules,
@@ -42,6 +44,7 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
     what a --resize rule covers is resized, the rest keeps the target's values or an --init.
     """
     from ..engine import Gates, TransferOptions
+    from ..io.records import CHECK_CRC, checking
     from ..plan import PlanOptions
     from ..job import TransferJob
 
@@ -53,7 +56,8 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
                               Gates(strict, allow_unused, allow_new, min_coverage))
     job = TransferJob(source, options, template=template, model_spec=model_spec, model_kwargs=model_kwargs,
                       model_path=model_path, out=out, force=force)
-    report = job.run(dry_run=dry_run, report_json=report_json, report_md=report_md)
+    with checking(CHECK_CRC.get() if check is None else check):
+        report = job.run(dry_run=dry_run, report_json=report_json, report_md=report_md)
     click.echo(report.render(color=sys.stdout.isatty(), verbose=verbose))
     if report.gate_failures:
         click.echo(f"error: gate failed, {out or 'OUT'} not written: {'; '.join(report.gate_failures)}", err=True)

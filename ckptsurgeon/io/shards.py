@@ -27,13 +27,12 @@ def read_weight_map(index_path: str, limits: Limits | None = None) -> dict[str, 
         raise CheckpointFormatError(f"{index_path}: not a sharded checkpoint index ({reason})") from exc
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointFormatError(f"{index_path}: the index has an empty weight_map")
-    for shard in set(map(_hashable, weight_map.values())):
+    odd = next((shard for shard in weight_map.values() if not isinstance(shard, str)), None)
+    if odd is not None:
+        shard_path(index_path, odd)   # refuses it, naming it
+    for shard in set(weight_map.values()):
         shard_path(index_path, shard)
     return weight_map
-
-
-def _hashable(value: object) -> object:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def shard_path(index_path: str, shard: object) -> str:
