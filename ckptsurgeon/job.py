@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from .errors import OutputError
 from .io import open_checkpoint
-from .io.writer import check_output_path, same_path, write_state_dict
+from .io.shards import checkpoint_files
+from .io.writer import check_output_path, check_report_paths, write_state_dict, write_text_atomic
 from .engine import TransferOptions, check_gates, plan_transfer, target_parameters
 from .specs import specs_of
 
@@ -36,12 +37,11 @@ class TransferJob:
     def run(self, *, dry_run: bool = False, report_json: str | None = None, report_md: str | None = None) -> Any:
         from .report import Report, report_metadata
 
-        inputs = [p for p in (self.source_path, self.template_path) if p]
+        # Every output is checked against every file the inputs consist of (shards, index) before any work.
+        inputs = [f for p in (self.source_path, self.template_path) if p for f in checkpoint_files(p)]
         if self.out and not dry_run:
             check_output_path(self.out, inputs=inputs, force=self.force)
-        for report_path in (report_json, report_md):
-            if report_path and any(same_path(report_path, p) for p in inputs + ([self.out] if self.out else [])):
-                raise OutputError(f"{report_path}: the report would overwrite an input or OUT; choose another name")
+        check_report_paths((report_json, report_md), inputs=inputs, out=self.out)
         source = open_checkpoint(self.source_path, container=self.options.container, trust=self.options.trust)
         target, label, tied = self._target()
         target_specs = target.specs if self.template_path else specs_of(target.state_dict())
@@ -79,9 +79,10 @@ class TransferJob:
 
 
 def _save(report: Any, report_json: str | None, report_md: str | None) -> None:
+    # The same text as Report.save_json / save_markdown, written whole or not at all (never a stray partial).
     if report_json:
-        report.save_json(report_json)
+        write_text_atomic(report_json, json.dumps(report.to_dict(), indent=2) + "\n")
     if report_md:
-        report.save_markdown(report_md)
+        write_text_atomic(report_md, report.to_markdown())
 
 

@@ -7,59 +7,194 @@ The output format follows the extension: ``.safetensors`` is streamed tensor by 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import tempfile
+import threading
+import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from ..errors import OutputError
 from ..specs import TensorSpec, spec_of
 from .records import FileSpan
-from .safetensors_file import write_safetensors_stream
+from .safetensors_file import check_key, write_safetensors_stream
+
+
+OUTPUT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+TEMP_PREFIX = ".ckptsurgeon-"
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """The same file: by name, or through a link when both exist."""
+    """The same file: by name, or by identity (``os.path.samefile``: links, hard links) when both exist."""
     if os.path.abspath(a) == os.path.abspath(b):
         return True
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
-def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> str:
-    """Refuse to overwrite an input, or an existing file without ``force``; returns the path as str."""
+def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                      formats: tuple[str, ...] = OUTPUT_EXTENSIONS) -> str:
+    """Refuse an output that would overwrite an input (by identity), an existing file without ``force``, a
+    folder, a missing or read-only folder, or an unknown format; returns the path as str. Runs before any work."""
     path = os.fspath(path)
     if any(same_path(path, source) for source in inputs):
         raise OutputError(f"{path}: the output is also an input; write to another file")
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'model.safetensors')}")
-    if os.path.exists(path) and not force:
+    if formats and not path.lower().endswith(formats):
+        raise OutputError(f"{path}: unknown output format {os.path.splitext(path)[1] or '(no extension)'!r}; "
+                          f"name it {' or '.join(formats)}")
+    if os.path.lexists(path) and not force:
         raise OutputError(f"{path}: already exists; pass --force (force=True) to replace it")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise OutputError(f"{path}: exists and is not a regular file; choose another name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the folder {folder} is not writable")
     return path
 
 
 @contextlib.contextmanager
 def atomic_output(path: str) -> Iterator[BinaryIO]:
-    """Yield a temporary file in the target's folder; on success fsync it and rename it into place."""
+    """Yield a file that becomes ``path`` only when the block succeeds (fsynced, then linked or renamed).
+
+    On Linux the file is unnamed (``O_TMPFILE``) until linked into place, so a killed process leaves nothing.
+    Elsewhere, or when replacing an existing file, a hidden ``.ckptsurgeon-<pid>-*.tmp`` exists for a moment
+    (or for the whole write without ``O_TMPFILE``); SIGTERM/SIGHUP remove it, and stale ones of dead processes
+    are removed by the next write to that folder.
+    """
     folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
+    fd, temp = _open_temporary(path, folder)
     try:
-        fd, temp = tempfile.mkstemp(prefix=".ckptsurgeon-", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create a file in {folder} ({exc})") from exc
-    try:
-        os.fchmod(fd, _new_file_mode())  # mkstemp makes it owner-only; the output should be an ordinary file
-        with os.fdopen(fd, "wb") as handle:
+        with _removed_on_signal(temp), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+            _link_into_place(handle.fileno(), temp, path, folder)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         if isinstance(exc, OSError):  # disk full, permissions: the user's to fix, not a bug
             raise OutputError(f"{path}: writing failed ({exc}); nothing was written") from exc
         raise
+
+
+def check_report_paths(reports: Iterable[str | os.PathLike | None], *, inputs: Iterable[str | os.PathLike] = (),
+                       out: str | os.PathLike | None = None) -> None:
+    """Every report path checked before any work: not an input, OUT or another report, in a writable folder."""
+    taken = [os.fspath(p) for p in inputs] + ([os.fspath(out)] if out else [])
+    for report in (os.fspath(r) for r in reports if r):
+        if any(same_path(report, other) for other in taken):
+            raise OutputError(f"{report}: the report would overwrite an input, OUT or another report; "
+                              f"choose another name")
+        check_output_path(report, force=True, formats=())
+        taken.append(report)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """A text file (a report) written whole or not at all, like every other output."""
+    with atomic_output(os.fspath(path)) as handle:
+        handle.write(text.encode("utf-8", "backslashreplace"))
+
+
+def _open_temporary(path: str, folder: str) -> tuple[int, str | None]:
+    """An unnamed file in ``folder`` (fd, None), or a named hidden one (fd, its path) without O_TMPFILE."""
+    mode = _new_file_mode()
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(folder, os.O_TMPFILE | os.O_WRONLY, mode), None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise OutputError(f"{path}: cannot create a file in {folder} ({exc})") from exc
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create a file in {folder} ({exc})") from exc
+    os.fchmod(fd, mode)  # mkstemp makes it owner-only; the output should be an ordinary file
+    return fd, temp
+
+
+def _link_into_place(fd: int, temp: str | None, path: str, folder: str) -> None:
+    if temp is not None:
+        os.replace(temp, path)
+        return
+    source = f"/proc/self/fd/{fd}"
+    try:
+        _link_following(source, path, folder)   # the unnamed file gets its name, atomically
+        return
+    except FileExistsError:
+        pass   # --force: link under a hidden name, then rename over the old file
+    named = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    _link_following(source, named, folder)
+    try:
+        os.replace(named, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(named)
+        raise
+
+
+def _link_following(source: str, target: str, folder: str) -> None:
+    # os.link calls linkat(AT_SYMLINK_FOLLOW), needed to link a /proc/self/fd entry, only when given a dir fd.
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.link(source, target, src_dir_fd=folder_fd, follow_symlinks=True)
+    finally:
+        os.close(folder_fd)
+
+
+@contextlib.contextmanager
+def _removed_on_signal(temp: str | None) -> Iterator[None]:
+    """SIGTERM / SIGHUP during the write remove the named temporary, then end the process as the signal would."""
+    if temp is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove ``.ckptsurgeon-<pid>-*.tmp`` files in ``folder`` left by processes that no longer run."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX) and n.endswith(".tmp")]
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _new_file_mode() -> int:
@@ -99,15 +234,48 @@ def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Cal
     ``produce[name]()`` returns a torch tensor of ``specs``' shape and dtype; ``raw(name)``, when given,
     may return the bytes directly, or where they lie in a file (no torch needed), and is tried first.
     """
+    for spec in specs:
+        check_key(spec.name)
     with atomic_output(path) as handle:
         if is_safetensors_path(path):
             chunks = (_bytes_of(spec.name, produce, raw) for spec in specs)
             write_safetensors_stream(handle, specs, chunks, dict(metadata or {}))
         else:
-            import torch
-
-            torch.save({spec.name: _compact(produce[spec.name]()) for spec in specs}, handle)
+            _torch_save({spec.name: _compact(produce[spec.name]()) for spec in specs}, handle, path)
     return path
+
+
+class _WatchedWrites:
+    """The output file as torch.save sees it, remembering a failed write: torch reports one (disk full, file too
+    large) as an unrelated RuntimeError ("unexpected pos ...") that would read as a bug."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(state: dict[str, Any], handle: BinaryIO, path: str) -> None:
+    import torch
+
+    watched = _WatchedWrites(handle)
+    try:
+        torch.save(state, watched)
+    except RuntimeError as exc:
+        if watched.error is None:
+            raise
+        raise OutputError(f"{path}: writing failed ({watched.error}); nothing was written") from exc
+    if watched.error is not None:
+        raise OutputError(f"{path}: writing failed ({watched.error}); nothing was written") from watched.error
 
 
 def _compact(tensor: Any) -> Any:
