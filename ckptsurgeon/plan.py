@@ -80,6 +80,14 @@ class Ambiguity:
     renames: tuple[tuple[str, str | None], ...] = ()   # (source module, target module or None: unused)
 
 
+class Suggestion(NamedTuple):
+    """An option that would load more (checked by planning with it); the plan itself does not take it."""
+
+    option: str
+    reason: str
+    loads_more: int
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     rename: tuple[str, ...] = ()
@@ -105,6 +113,7 @@ class Plan:
     prefix_move: tuple[str, str] | None = None    # (removed, added) when a prefix move was applied
     options: PlanOptions = field(default_factory=PlanOptions)
     notes: tuple[str, ...] = ()
+    suggestions: tuple[Suggestion, ...] = ()
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)

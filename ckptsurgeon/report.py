@@ -21,6 +21,7 @@ JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
               target_dtype, fill, reason}]   one per plan step, in plan order; shapes are lists or null
     unused [{source, shape, dtype, reason, detail}],
     ambiguities [{container, chosen, alternative, rename_rule}],
+    suggestions [{option, reason, loads_more}]   options that would load more, each checked by planning with it,
     warnings [str], gate_failures [str]
 """
 
@@ -168,6 +169,7 @@ class Report:
                         "detail": u.detail} for u in plan.unused],
             "ambiguities": [{"container": a.container, "chosen": a.chosen, "alternative": a.alternative,
                              "rename_rule": a.rename_rule} for a in plan.ambiguities],
+            "suggestions": [s._asdict() for s in plan.suggestions],
             "warnings": self.warnings(),
             "gate_failures": list(self.gate_failures),
         }

@@ -24,7 +24,7 @@ MAX_LINES = 20
 MORE = "... and {} more (use --verbose or --report)"
 UNUSED_ORDER = (NO_MATCH, SHAPE_MISMATCH, AMBIGUOUS, DROPPED)
 _SHORT_DTYPE = {"float16": "fp16", "float32": "fp32", "float64": "fp64", "bfloat16": "bf16"}
-_ANSI = {"green": "32", "yellow": "33", "red": "31", "magenta": "35", "bold": "1"}
+_ANSI = {"green": "32", "yellow": "33", "red": "31", "magenta": "35", "cyan": "36", "bold": "1"}
 
 Paint = Callable[[str, str], str]
 Block = tuple[str | None, list[str]]     # an optional sub-header and its item lines
@@ -263,6 +263,9 @@ def render_terminal(report: "Report", *, color: bool = False, verbose: bool = Fa
     if report.plan.ambiguities:
         lines += ["", paint(f"ambiguous ({len(report.plan.ambiguities)})", "magenta")]
         lines += [f"  {line}" for line in _ambiguity_lines(report)]
+    if report.plan.suggestions:
+        lines += ["", paint(f"suggestions ({len(report.plan.suggestions)})", "cyan")]
+        lines += [f"  {s.option}: {s.reason}" for s in report.plan.suggestions]
     warnings = report.warnings()
     if warnings:
         lines += ["", paint(f"warnings ({len(warnings)})", "yellow")] + [f"  {w}" for w in warnings]
@@ -318,6 +321,8 @@ def render_markdown(report: "Report") -> str:
                     [(_cell(a.container or ROOT, True), _cell(a.chosen), _cell(a.alternative),
                       _cell(a.rename_rule, True) if a.rename_rule else "")
                      for a in plan.ambiguities])
+    lines += _table("Suggestions", ("option", "why"),
+                    [(_cell(s.option, True), _cell(s.reason)) for s in plan.suggestions])
     for title, items in (("Warnings", report.warnings()), ("Gate failures", list(report.gate_failures))):
         if items:
             lines += [f"## {title}", ""] + [f"- {_cell(item)}" for item in items] + [""]

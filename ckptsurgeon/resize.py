@@ -328,6 +328,16 @@ def parse_method(text: str) -> tuple[str, str | None]:
     return name, value
 
 
+# The most specific first: a method that fits only some shapes says more than slice_pad, which fits any.
+_SUGGESTED = ("pos_embed", "in_channels", "kernel", "slice_pad")
+
+
+def suggest_resize(src_shape: Sequence[int], dst_shape: Sequence[int]) -> str | None:
+    """The resize method to suggest for a shape mismatch (the most specific that applies), or None."""
+    return next((name for name in _SUGGESTED
+                 if RESIZE_METHODS[name].check(tuple(src_shape), tuple(dst_shape), None) is None), None)
+
+
 def can_resize(text: str, src_shape: Sequence[int], dst_shape: Sequence[int]) -> str | None:
     """Why method ``text`` cannot map ``src_shape`` to ``dst_shape``, or None if it can. Pure."""
     name, arg = parse_method(text)

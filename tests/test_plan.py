@@ -368,3 +368,51 @@ def test_the_keys_a_rule_leaves_are_not_given_a_nonsense_prefix_move():
     assert other.prefix_move is None
     assert copies(other) == copies(plan)
     assert sources_of(other)["backbone.1.conv.weight"] == "backbone.0.conv.weight"
+
+
+def test_suggests_order_fallback_where_it_loads_more_and_it_does():
+    source = {**conv_bn("p", 8, 8), **conv_bn("q", 8, 8), **conv_bn("r", 16, 8)}
+    target = {**conv_bn("x", 8, 8), **conv_bn("y", 8, 8), **conv_bn("z", 16, 8)}
+    plan = make_plan(specs(source), specs(target))
+    [suggestion] = plan.suggestions
+    assert suggestion.option == "--order-fallback" and suggestion.loads_more == 12
+    assert copies(make_plan(specs(source), specs(target), order_fallback=True)) == copies(plan) + 12
+
+
+def test_suggests_the_rename_of_a_module_that_moved_where_its_signature_recurs():
+    # head.extra left the head for the neck under another name; conv_bn(8, 8) recurs in a and b, so no
+    # move is taken by itself, but one unused module and one new module of that signature are left over.
+    source = {**conv_bn("a", 8, 8), **conv_bn("b", 8, 8), **conv_bn("head.extra", 8, 8), "head.fc.weight": (2, 8)}
+    target = {**conv_bn("a", 8, 8), **conv_bn("b", 8, 8), **conv_bn("neck.extra2", 8, 8), "head.fc.weight": (2, 8)}
+    plan = make_plan(specs(source), specs(target))
+    assert plan.step_for("neck.extra2.conv.weight").action == INIT
+    assert [s.option for s in plan.suggestions] == [r"--rename '^head\.extra\.=neck.extra2.'"]
+    rule = plan.suggestions[0].option.split("'")[1]
+    again = make_plan(specs(source), specs(target), rename=[rule])
+    assert copies(again) > copies(plan) and sources_of(again)["neck.extra2.bn.bias"] == "head.extra.bn.bias"
+    assert again.suggestions == ()
+
+
+def test_no_suggestion_when_nothing_would_load_more():
+    source = {**conv_bn("stem", 8, 3), "fc.weight": (1000, 8), "fc.bias": (1000,)}
+    target = {**conv_bn("stem", 8, 3), "fc.weight": (100, 8), "fc.bias": (100,)}
+    assert make_plan(specs(source), specs(target)).suggestions == ()
+
+
+@pytest.mark.parametrize("source_shape, target_shape, method", [
+    ((1000, 8), (100, 8), "slice_pad"),
+    ((16, 3, 3, 3), (16, 1, 3, 3), "in_channels"),
+    ((16, 8, 3, 3), (16, 8, 5, 5), "kernel"),
+    ((1, 197, 32), (1, 257, 32), "pos_embed"),
+])
+def test_a_shape_mismatch_names_its_key_and_a_method_that_applies(source_shape, target_shape, method):
+    plan = make_plan(specs({"m.w": source_shape}), specs({"m.w": target_shape}))
+    step = plan.step_for("m.w")
+    assert step.action == INIT and step.reason.endswith(f"to use it add --resize 'm.w={method}'")
+    resized = make_plan(specs({"m.w": source_shape}), specs({"m.w": target_shape}), resize=[f"m.w={method}"])
+    assert resized.step_for("m.w").action == RESIZE
+
+
+def test_a_shape_mismatch_no_method_maps_says_so():
+    plan = make_plan(specs({"m.w": (8, 4)}), specs({"m.w": (8, 4, 1)}))
+    assert plan.step_for("m.w").reason.endswith("no resize method maps these shapes")

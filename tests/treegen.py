@@ -395,18 +395,18 @@ def violates_rules(edits: Edits) -> str | None:
     source_sigs = [m.sig() for _, m in edits.source.walk()]
     target_sigs = [m.sig() for _, m in edits.target.walk()]
     for ident in edits.wrapped:
-        sig = next(m.sig() for _, m in edits.source.walk() if m.ident == ident)
-        if source_sigs.count(sig) != 1 or target_sigs.count(sig) != 1:
+        sig = find(edits.source, ident).sig()
+        if find(edits.target, ident) is None or source_sigs.count(sig) != 1 or target_sigs.count(sig) != 1:
             return "a wrapped sub-tree whose signature is not unique"
     for ident in edits.inside:
         s, t = find(edits.source, ident), find(edits.target, ident)
-        if not _true_alignment_is_the_only_best(s.seq, t.seq):
+        if t is not None and not _true_alignment_is_the_only_best(s.seq, t.seq):   # None: dropped later
             return "members changed into each other's likeness"
     return None
 
 
-def find(root: Mod, ident: int) -> Mod:
-    return next(m for _, m in root.walk() if m.ident == ident)
+def find(root: Mod, ident: int) -> Mod | None:
+    return next((m for _, m in root.walk() if m.ident == ident), None)
 
 
 def _share(a: set, b: set) -> Fraction:
@@ -472,6 +472,8 @@ def undecidable_containers(edits: Edits) -> set[int]:
     out = set()
     for ident in edits.whole:
         s, t = find(edits.source, ident), find(edits.target, ident)
+        if t is None:
+            continue
         _, ways = _best_alignments(s.seq, t.seq)
         if len(ways) > 1:
             out.add(ident)

@@ -18,6 +18,7 @@ from .order import match_by_order
 from .prefix import detect_prefix_move, moved_name
 from .rules import PatternRule, apply_renames, first_match, parse_init_rules, parse_rename, parse_resize_rules
 from .structure import StructureMatch, match_structure
+from .suggest import suggest
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,13 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
 def plan_with_options(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
                       tied: Iterable[Iterable[str]] = ()) -> Plan:
     """:func:`make_plan` with its options already gathered (the transfer engine and recipes pass them whole)."""
+    tied = [list(group) for group in tied]
     with paused_gc():
-        return _make_plan(source, target, options, tied)
+        plan = _make_plan(source, target, options, tied)
+        if plan.unused and any(step.action == INIT for step in plan.steps):
+            found = suggest(plan, source, target, lambda other: _make_plan(source, target, other, tied))
+            plan = dataclasses.replace(plan, suggestions=found)
+    return plan
 
 
 def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
@@ -245,11 +251,13 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
     fill, note = _init_for(spec, init_rules)
     mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
+    from ..resize import can_resize, suggest_resize
+
     rule = first_match(resize_rules, name)
     if rule is None:
-        return Step(name, INIT, spec.shape, spec.dtype, method=fill,
-                    reason=f"shape mismatch: {mismatch}; to use it add --resize '{name}=slice_pad' (or another method)" + note)
-    from ..resize import can_resize
+        method = suggest_resize(source.shape, spec.shape)
+        hint = f"to use it add --resize '{name}={method}'" if method else "no resize method maps these shapes"
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=f"shape mismatch: {mismatch}; {hint}" + note)
 
     problem = can_resize(rule.value, source.shape, spec.shape)
     if problem:
