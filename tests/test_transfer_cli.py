@@ -345,3 +345,26 @@ def test_neither_or_both_of_target_and_model(pair, tmp_path, target_args):
 def test_no_out_without_dry_run(pair):
     source, template = pair
     assert_bad_input(run(source, "--target", template), "give -o OUT, or --dry-run")
+
+
+def test_suggestion_is_printed_in_json_and_loads_more_when_taken(tmp_path: Path):
+    """Identical modules under unrelated names: the report suggests --order-fallback; taking it loads more."""
+    def conv_bn(c: int) -> torch.nn.Sequential:
+        return torch.nn.Sequential(torch.nn.Conv2d(c, c, 1, bias=False), torch.nn.BatchNorm2d(c))
+
+    source = torch.nn.ModuleDict({"p": conv_bn(8), "q": conv_bn(8), "r": conv_bn(16)})
+    target = torch.nn.ModuleDict({"x": conv_bn(8), "y": conv_bn(8), "z": conv_bn(16)})
+    src, template = tmp_path / "source.pt", tmp_path / "template.safetensors"
+    torch.save(source.state_dict(), src)
+    save_file(target.state_dict(), str(template))
+    first = run(src, "--target", template, "-o", tmp_path / "a.safetensors", "--report", tmp_path / "a.json")
+    assert first.exit_code == 0, first.output
+    assert "suggestions (1)" in first.output and "--order-fallback: identical modules" in first.output
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert [s["option"] for s in report["suggestions"]] == ["--order-fallback"]
+    second = run(src, "--target", template, "-o", tmp_path / "b.safetensors", "--report", tmp_path / "b.json",
+                 "--order-fallback")
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "b.json").read_text())
+    assert again["counts"]["loaded"] > report["counts"]["loaded"]
+    assert again["suggestions"] == []
