@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import OptionError
 from .io import open_checkpoint
 from .specs import format_shape
 
@@ -36,7 +38,10 @@ class CheckpointDiff:
 def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, values: bool = False, atol: float = 0.0,
                      container: str | None = None, trust: bool = False) -> CheckpointDiff:
     """Compare two checkpoints by key. With ``values``, tensors of equal shape are compared elementwise
-    (max abs difference above ``atol`` counts as changed); only then is tensor data read."""
+    (max abs difference above ``atol`` counts as changed); only then is tensor data read. Bit-identical values
+    (NaNs included) are equal; a NaN against anything else differs."""
+    if not isinstance(atol, (int, float)) or math.isnan(atol) or atol < 0:
+        raise OptionError(f"--atol {atol!r}: expected a number >= 0 (inf allowed), e.g. --atol 1e-6")
     with open_checkpoint(a, container=container, trust=trust) as left, \
             open_checkpoint(b, container=container, trust=trust) as right:
         common = [name for name in left.specs if name in right.specs]
@@ -60,13 +65,23 @@ def _value_changes(left: Any, right: Any, names: list[str], atol: float) -> list
         x, y = left[name], right[name]
         if x.numel() == 0:
             continue
-        if x.is_complex() or y.is_complex():
-            delta = float((x.to(torch.complex128) - y.to(torch.complex128)).abs().max())
-        else:
-            delta = float((x.to(torch.float64) - y.to(torch.float64)).abs().max())
-        if delta > atol or delta != delta:  # NaN differs from everything
+        wide = torch.complex128 if x.is_complex() or y.is_complex() else torch.float64
+        gap = (x.to(wide) - y.to(wide)).abs()
+        gap[_same_bits(x, y)] = 0   # equal bits are equal values, NaNs included
+        delta = float(gap.max())
+        if delta > atol or delta != delta:  # NaN differs from everything but itself
             out.append((name, delta))
     return out
+
+
+def _same_bits(x: Any, y: Any) -> Any:
+    """Elementwise: the two tensors hold the very same bits (same dtype), or equal values (+0 and -0 too)."""
+    import torch
+
+    if x.dtype == y.dtype and x.element_size() in (1, 2, 4, 8) and not x.is_complex():
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+        return (x.contiguous().view(bits) == y.contiguous().view(bits)) | (x == y)
+    return x == y
 
 
 def render_diff(diff: CheckpointDiff) -> str:

@@ -17,6 +17,9 @@ def parse_model_kwargs(text: str | None) -> dict[str, Any]:
         kwargs = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelBuildError(f"--model-kwargs is not valid JSON ({exc}); e.g. --model-kwargs '{{\"num_classes\": 20}}'") from exc
+    except RecursionError:
+        raise ModelBuildError("--model-kwargs nests too deep to be keyword arguments; give a flat JSON object, "
+                              "e.g. '{\"num_classes\": 20}'") from None
     if not isinstance(kwargs, dict):
         raise ModelBuildError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 20}'")
     return kwargs
@@ -36,7 +39,7 @@ def build_model(spec: str, kwargs: dict[str, Any] | None = None, *, search_path:
         sys.path.insert(0, search_path)
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is bad input here
+    except (Exception, SystemExit) as exc:  # any import-time failure of user code is bad input here
         raise ModelBuildError(f"--model {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
                               f"add its folder with --model-path") from exc
     target: Any = module
@@ -46,7 +49,7 @@ def build_model(spec: str, kwargs: dict[str, Any] | None = None, *, search_path:
         target = getattr(target, part)
     try:
         model = target(**(kwargs or {}))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a builder calling sys.exit() must not end the tool silently
         raise ModelBuildError(f"--model {spec!r}: building it failed ({type(exc).__name__}: {exc}); "
                               f"check --model-kwargs") from exc
     if not hasattr(model, "state_dict"):
