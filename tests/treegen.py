@@ -15,7 +15,8 @@ users make, anywhere in the tree:
 - a ``module.`` prefix on every target key (DataParallel).
 
 Ground truth: a target tensor comes from the source tensor of the same module identity and name when the
-shapes agree, else from nothing. Edits that the target's names and shapes cannot tell from another edit
+shapes agree, else from nothing; a BatchNorm's ``num_batches_tracked`` only where some of its statistics
+do (a norm whose channels all changed starts counting afresh). Edits that the target's names and shapes cannot tell from another edit
 are either marked undecidable (where the planner must report an ambiguity) or not generated:
 
 - numbered containers take either whole-module insertions/removals or changes inside their members, never
@@ -525,6 +526,11 @@ def make_case(ch, max_len: int = 5) -> Case | None:
     for (ident, name), key in tgt_keys.items():
         origin = src_keys.get((ident, name))
         truth[key] = origin if origin is not None and src_specs[origin].shape == tgt_specs[key].shape else None
+    for (ident, name), key in tgt_keys.items():   # a counter counts the statistics it came with
+        if is_bookkeeping(name) and truth[key] is not None:
+            stats = [truth[k] for (i, n), k in tgt_keys.items() if i == ident and not is_bookkeeping(n)]
+            if stats and not any(stats):
+                truth[key] = None
     target_paths = paths_of(edits.target)
     undecidable, disputed = set(), set()
     for ident in undecidable_containers(edits) | edits.undecidable_regroups:

@@ -95,7 +95,7 @@ def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_roo
         if not t_nodes:
             continue
         if len(s_nodes) != s_all[sig] or len(t_nodes) != t_all[sig]:
-            # identical modules stayed matched elsewhere: only the same name says these two moved
+            # identical modules stayed matched elsewhere: only a wrapper around the same path says these moved
             chosen = _same_name(s_nodes, t_nodes)
         elif len(s_nodes) == len(t_nodes) == 1:
             chosen = [(s_nodes[0], t_nodes[0])]
@@ -111,12 +111,12 @@ def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_roo
 
 
 def _same_name(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:
-    """Pairs whose module names agree, each name unique among the candidates on both sides."""
-    s_names = Counter(node.name for node in s_nodes)
-    t_names = Counter(node.name for node in t_nodes)
-    by_name = {node.name: node for node in s_nodes}
-    return [(by_name[node.name], node) for node in t_nodes
-            if not node.name.isdigit() and s_names[node.name] == 1 and t_names[node.name] == 1]
+    """Pairs where one path is the other under a wrapper (``conv_for_P5`` -> ``model.conv_for_P5``), each
+    source and target in one such pair only."""
+    pairs = [(s, t) for s in s_nodes for t in t_nodes
+             if t.path.endswith("." + s.path) or s.path.endswith("." + t.path)]
+    s_count, t_count = Counter(s.path for s, _ in pairs), Counter(t.path for _, t in pairs)
+    return [(s, t) for s, t in pairs if s_count[s.path] == 1 and t_count[t.path] == 1]
 
 
 def _by_name(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:

@@ -68,7 +68,8 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     move = detect_prefix_move(rest, target)   # the whole target: pinned keys still show where modules live
     if move is not None:
         rest, provenance, move = _apply_move(rest, provenance, move)
-    found = match_structure(rest.values(), free_targets.values(), EXACT)
+    wrapper = move[1].rstrip(".") if move is not None and not move[0] else ""
+    found = match_structure(rest.values(), free_targets.values(), EXACT, wrapper)
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     found.pairs.update(_exact_name_floor(rest, free_targets, found))
@@ -98,8 +99,8 @@ def _exact_name_floor(source: Mapping[str, TensorSpec], target: Mapping[str, Ten
     extra = {}
     for name, spec in target.items():
         other = source.get(name)
-        if name in found.pairs or other is None or other.shape != spec.shape or name in used:
-            continue
+        if name in found.pairs or other is None or other.shape != spec.shape or name in used or is_bookkeeping(name):
+            continue   # (a counter goes with its module's statistics, never alone)
         module = parent_of(name)
         if loads_from.get(module, module) == module and (module not in feeding or loads_from.get(module) == module):
             extra[name] = (name, EXACT)

@@ -18,7 +18,8 @@ from ..specs import TensorSpec
 SAMPLE = 400
 PER_TAIL = 32
 FINALISTS = 6
-WRAPPERS = (("", "module."), ("module.", ""), ("", "_orig_mod."), ("_orig_mod.", ""), ("", "model."), ("model.", ""))
+STRICT_WRAPPERS = (("", "module."), ("module.", ""), ("", "_orig_mod."), ("_orig_mod.", ""))
+WRAPPERS = STRICT_WRAPPERS + (("", "model."), ("model.", ""))
 
 
 def moved_name(name: str, move: tuple[str, str]) -> str:
@@ -90,6 +91,8 @@ def detect_prefix_move(source: Mapping[str, TensorSpec], target: Mapping[str, Te
     if sum(1 for name in source if name in target) > half:
         return None
     wrapper = _wrapper_move(source, target)
+    if wrapper in STRICT_WRAPPERS:   # DataParallel / compile: the whole model inside, whatever moved within
+        return wrapper
     agreement = _Agreement(source, target)
     as_is = agreement.count(("", ""))[0]
     if as_is > half:

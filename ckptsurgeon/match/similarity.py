@@ -89,3 +89,21 @@ def _mutual_best(s_names: list[str], t_names: list[str], score, margin: float, f
         if s is not None and best([(score(s, other), other) for other in t_names]) == t:
             pairs.append((s, t))
     return pairs
+
+
+def changed_pairs(s_nodes: dict[str, Node], t_nodes: dict[str, Node], *, same_shape: bool = False
+                  ) -> list[tuple[str, str]]:
+    """Modules that share tensor names but changed (renamed and resized): mutual unique best partners by
+    :func:`partial_weight`, then, among equally good ones, clear name evidence. With ``same_shape``, only
+    modules that share a tensor of the same name and shape are candidates."""
+    floor = RESOLUTION + 1 if same_shape else 0   # above it, some (name, shape) entry is shared
+    scores = {(s, t): w if w > floor else 0 for s, s_node in s_nodes.items() for t, t_node in t_nodes.items()
+              for w in [partial_weight(s_node, t_node)]}
+    chosen = []
+    for (s, t), score in scores.items():
+        rivals = [v for (s2, t2), v in scores.items() if (s2 == s) != (t2 == t)]
+        if score and all(score > v for v in rivals):
+            chosen.append((s, t))
+    s_rest = [s for s in s_nodes if s not in {s for s, _ in chosen}]
+    t_rest = [t for t in t_nodes if t not in {t for _, t in chosen}]
+    return chosen + [(s, t) for s, t in similar_pairs(s_rest, t_rest) if scores[(s, t)]]

@@ -30,7 +30,7 @@ from ..plan import ALIGN, SIGNATURE, Ambiguity
 from ..specs import TensorSpec
 from .align import align_modules, gaps
 from .nodes import Node, build_tree
-from .similarity import PARTIAL_MAX, partial_weight, similar_pairs
+from .similarity import PARTIAL_MAX, changed_pairs, partial_weight, similar_pairs
 
 
 @dataclass
@@ -52,10 +52,7 @@ class Matcher:
         if source.sig == target.sig:
             self._pair_identical(source, target, strategy, source.path == target.path)
             return
-        own = source.tensors
-        for leaf in target.tensors:
-            if leaf in own:
-                self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        self._pair_own(source, target, strategy)
         s_named, t_named = source.named(), target.named()
         for name, child in t_named.items():
             if name in s_named:
@@ -74,10 +71,19 @@ class Matcher:
     def match_leaf(self, source: Node, target: Node, strategy: str) -> None:
         """A leaf module's own tensors, by name (its children are not part of the pair)."""
         self.note_pair(source, target)
-        own = source.tensors
-        for leaf in target.tensors:
-            if leaf in own:
-                self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        self._pair_own(source, target, strategy)
+
+    def _pair_own(self, source: Node, target: Node, strategy: str) -> None:
+        """Own tensors by name (a shape mismatch too: it may be resized); the bookkeeping counters only where
+        some tensor of the module still fits (a BatchNorm whose channels all changed starts counting afresh)."""
+        pairs = self.result.pairs
+        for leaf in target.shapes:
+            if leaf in source.shapes:
+                pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        fits = not target.shapes or any(source.shapes.get(leaf) == shape for leaf, shape in target.shapes.items())
+        for leaf in target.counters:
+            if fits and leaf in source.counters:
+                pairs[target.key(leaf)] = (source.key(leaf), strategy)
 
     def _pair_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
         self.note_pair(source, target)   # the nodes below pair too, but no later pass needs to know
@@ -166,18 +172,8 @@ class Matcher:
                            {n: c for n, c in t_left.items() if n not in t_done})
 
     def _pair_changed(self, s_left: dict[str, Node], t_left: dict[str, Node]) -> None:
-        """Renamed siblings that also changed inside: mutual unique best partners by shared tensor names and
-        shapes, then (among equally good ones) by clear name evidence."""
-        scores = {(s, t): partial_weight(s_node, t_node) for s, s_node in s_left.items() for t, t_node in t_left.items()}
-        chosen = []
-        for (s, t), score in scores.items():
-            rivals = [v for (s2, t2), v in scores.items() if (s2 == s) != (t2 == t)]
-            if score and all(score > v for v in rivals):
-                chosen.append((s, t))
-        s_rest = [s for s in s_left if s not in {s for s, _ in chosen}]
-        t_rest = [t for t in t_left if t not in {t for _, t in chosen}]
-        chosen += [(s, t) for s, t in similar_pairs(s_rest, t_rest) if scores[(s, t)]]
-        for s, t in chosen:
+        """Renamed siblings that also changed inside."""
+        for s, t in changed_pairs(s_left, t_left):
             self.match(s_left[s], t_left[t], SIGNATURE)
 
     def unpaired_modules(self, where: str, s_nodes: list[Node], t_nodes: list[Node]) -> None:
@@ -221,8 +217,10 @@ def lone_gaps(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple[int, i
     return [(s_gap[0], t_gap[0]) for s_gap, t_gap in gaps(pairs, n, m) if len(s_gap) == len(t_gap) == 1]
 
 
-def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], strategy: str) -> StructureMatch:
-    """Pair target keys with source keys by structure; see the module docstring."""
+def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], strategy: str,
+                    wrapper: str = "") -> StructureMatch:
+    """Pair target keys with source keys by structure; see the module docstring. ``wrapper``: the path a
+    prefix move put around the whole model (``module``)."""
     from .moves import match_moves
     from .regroup import match_regrouped
 
@@ -230,10 +228,16 @@ def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], 
     matcher = Matcher()
     s_root, t_root = build_tree(source), build_tree(target)
     matcher.match(s_root, t_root, strategy)
-    for later_pass in (match_moves, match_regrouped):
+    # regrouping inside matched modules is the closer evidence, so it goes first; moves may match new
+    # module pairs, whose insides are then regrouped too
+    scopes_done = 0
+    for later_pass in (match_regrouped, match_moves, match_regrouped):
         if not _leftovers_on_both_sides(matcher.result, len(source), len(target)):
             break
-        later_pass(matcher, s_root, t_root)
+        if later_pass is match_regrouped:
+            scopes_done = match_regrouped(matcher, scopes_done, wrapper)
+        else:
+            later_pass(matcher, s_root, t_root)
     return matcher.result
 
 
