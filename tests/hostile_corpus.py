@@ -138,6 +138,16 @@ def stub_call_amplifier(width: int = 20_000, calls: int = 20_000) -> bytes:
     return PROTO + MARK + NONE * width + TUPLE + put(0) + POP + b"]" + MARK + call * calls + b"e" + STOP
 
 
+def memo_bomb() -> bytes:
+    """LONG_BINPUT 1,260,917,361: CPython's unpickler would size (and zero) its memo for that index, ~20 GB."""
+    return PROTO + EMPTY_DICT + b"r" + struct.pack("<I", 1_260_917_361) + STOP
+
+
+def text_memo_bomb() -> bytes:
+    """The same through protocol 0's PUT."""
+    return b"(dp4000000000\n."
+
+
 def surrogate_key_pickle() -> bytes:
     """A state dict whose key is a lone surrogate (invalid UTF-8 in the pickle), holding a real array."""
     import numpy as np
@@ -236,6 +246,8 @@ PICKLE_CASES = [
     Case("module_cycle", ".pkl", module_cycle, "module 'me' contains itself (a cycle)"),
     Case("nested_modules", ".pkl", nested_modules, "(limit CKPTSURGEON_MAX_DEPTH)"),
     Case("stub_call_amplifier", ".pkl", stub_call_amplifier, "(limit CKPTSURGEON_MAX_OBJECTS)"),
+    Case("memo_bomb", ".pkl", memo_bomb, "memo index 1260917361 at offset 4 is larger than anything a pickler"),
+    Case("text_memo_bomb", ".pkl", text_memo_bomb, "memo index 4000000000 at offset 3"),
     Case("numpy_array", ".pkl", numpy_array_pickle, None),
 ]
 
@@ -281,3 +293,134 @@ def write_case(case: Case, folder: Path) -> Path:
     path = folder / f"{case.name}{case.suffix}"
     path.write_bytes(case.build())
     return path
+
+
+# -- fuzzing: mutations of small valid files (tests/test_hostile_fuzz.py, benchmarks/fuzz_readers.py) ----------
+
+class Seed(NamedTuple):
+    name: str
+    suffix: str
+    data: bytes
+
+
+def fuzz_seeds() -> list[Seed]:
+    """Small valid files of each reader: safetensors, torch zip, legacy torch, plain pickle of numpy arrays."""
+    import io
+
+    import numpy as np
+    import torch
+
+    def saved(obj: object, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer, **options)
+        return buffer.getvalue()
+
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(2, 1, 3, 3), "conv.bias": torch.zeros(2), "steps": torch.tensor(3),
+             "half": torch.ones(3, dtype=torch.float16), "view": torch.arange(6.0).reshape(2, 3).t()}
+    return [
+        Seed("safetensors", ".safetensors", valid_safetensors()),
+        Seed("torch_zip", ".pt", saved(state)),
+        Seed("torch_legacy", ".pt", saved(state, _use_new_zipfile_serialization=False)),
+        Seed("numpy_pickle", ".pkl", pickle.dumps({"model": {"w": np.arange(4, dtype=np.float32),
+                                                               "b": np.ones((2, 2))}}, protocol=2)),
+    ]
+
+
+_FIELD_VALUES: list[object] = [-1, 0, 1, 7, 2**31, 2**64, 2**70, 1.5, "F32", "X9", None, [], [1, 2], [-1], {}, "",
+                               "\ud800"]
+
+
+def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    """Apply edits: ("flip", position, bit), ("cut", position, _), ("insert", position, byte),
+    ("field", entry, value index): a safetensors header field set to a hostile value."""
+    for kind, where, what in edits:
+        if not data:
+            break
+        at = where % len(data)
+        if kind == "flip":
+            data = data[:at] + bytes([data[at] ^ (1 << (what % 8))]) + data[at + 1:]
+        elif kind == "cut":
+            data = data[:at]
+        elif kind == "insert":
+            data = data[:at] + bytes([what % 256]) + data[at:]
+        elif kind == "field":
+            data = _edit_header_field(data, where, what)
+    return data
+
+
+def _edit_header_field(data: bytes, where: int, what: int) -> bytes:
+    try:
+        length = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + length])
+    except (ValueError, struct.error, RecursionError):
+        return data
+    if not isinstance(header, dict) or not header:
+        return data
+    name = sorted(header)[where % len(header)]
+    value = _FIELD_VALUES[what % len(_FIELD_VALUES)]
+    entry = header[name]
+    if isinstance(entry, dict) and entry:
+        field = sorted(entry)[(where // 7) % len(entry)]
+        if isinstance(entry[field], list) and entry[field] and what % 3 == 0:
+            entry[field][(where // 3) % len(entry[field])] = value
+        else:
+            entry[field] = value
+    else:
+        header[name] = value
+    text_ = json.dumps(header).encode("utf-8", "surrogatepass")
+    return struct.pack("<Q", len(text_)) + text_ + data[8 + length:]
+
+
+def fuzz_outcome(path: Path) -> str:
+    """Read a mutated file as every command would; returns "accepted" or "refused: <ErrorClass>", and raises
+    AssertionError for anything else (another exception, a tensor outside the file, a message not naming the file,
+    a safetensors file the safetensors library refuses)."""
+    from ckptsurgeon.errors import SurgeonError
+    from ckptsurgeon.io import open_checkpoint
+
+    try:
+        with open_checkpoint(path) as checkpoint:
+            shapes = _read_every_tensor(checkpoint, path)
+    except SurgeonError as exc:
+        message = str(exc)
+        assert message.startswith(str(path)), message
+        assert "\n" not in message, message
+        return f"refused: {type(exc).__name__}"
+    if path.suffix == ".safetensors":
+        _safetensors_library_accepts(path, shapes)
+    return "accepted"
+
+
+def _read_every_tensor(checkpoint: object, path: Path) -> dict[str, tuple[int, ...]]:
+    from ckptsurgeon.errors import SurgeonError
+    from ckptsurgeon.io.refs import TensorRef
+    from ckptsurgeon.io.tensors import extent_bytes
+
+    size = path.stat().st_size
+    shapes = {}
+    for name in checkpoint:
+        value = checkpoint._values[name]
+        if isinstance(value, TensorRef):
+            records = checkpoint.records_of(name)
+            try:
+                start, length = records.spans[value.key]
+            except SurgeonError:
+                continue   # the records are located on first read, and may be refused then
+            assert 0 <= start and start + length <= size, (name, start, length, size)
+            assert extent_bytes(value) <= length, (name, value, length)
+        try:
+            tensor = checkpoint[name]
+        except SurgeonError:
+            continue
+        shapes[name] = tuple(tensor.shape)
+    return shapes
+
+
+def _safetensors_library_accepts(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as handle:
+        assert sorted(handle.keys()) == sorted(shapes), (sorted(handle.keys()), sorted(shapes))
+        for name in handle.keys():
+            assert tuple(handle.get_slice(name).get_shape()) == shapes[name], name

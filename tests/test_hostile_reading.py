@@ -184,7 +184,7 @@ print(time.perf_counter() - start, int(peak) // 1024)
 
 @pytest.mark.parametrize("name", ["bytearray_bomb.pkl", "shared_dict_fanout.pkl", "module_fanout.pkl",
                                   "module_cycle.pkl", "nested_modules.pkl", "stub_call_amplifier.pkl",
-                                  "ndarray_newobj.pkl", "st_deep_json.safetensors"])
+                                  "ndarray_newobj.pkl", "memo_bomb.pkl", "st_deep_json.safetensors"])
 def test_small_hostile_files_are_bounded(name: str, corpus_dir: Path) -> None:
     """Every file under 1 MB is refused or read in under 5 s and 300 MB (peak resident, interpreter included)."""
     path = corpus_dir / name

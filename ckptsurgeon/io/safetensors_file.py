@@ -38,11 +38,11 @@ def read_safetensors_header(path: str, *, max_header: int = MAX_HEADER) -> Safet
         if len(raw) < 8:
             raise CheckpointFormatError(f"{path}: too short to be a safetensors file")
         length = struct.unpack("<Q", raw)[0]
-        if length > max_header:
-            raise limit_error(path, "header", max_header)
         if length + 8 > size:
             raise CheckpointFormatError(f"{path}: safetensors header length {length} is past the end of the file; "
                                         f"the file is truncated or not safetensors")
+        if length > max_header:
+            raise limit_error(path, "header", max_header)
         header = _parse_header(handle.read(length), path)
     metadata = _checked_metadata(header.pop("__metadata__", None), path)
     refs, spans = _parse_entries(header, 8 + length, size, path)
@@ -124,7 +124,8 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
     spans: dict[str, tuple[int, int]] = {}
     for name in list(header):   # popped one by one, so the parsed JSON is freed as the refs are built
         entry = header.pop(name)
-        if not isinstance(entry, _Entry) or entry.dtype not in SAFETENSORS_DTYPE or not _utf8(name):
+        if not isinstance(entry, _Entry) or not isinstance(entry.dtype, str) or entry.dtype not in SAFETENSORS_DTYPE \
+                or not _utf8(name):
             raise CheckpointFormatError(f"{path}: bad safetensors entry for {_short(name)}: {_short(entry)} (expected "
                                         f"dtype, shape and data_offsets, with a known dtype)")
         dtype, shape, begin, end = SAFETENSORS_DTYPE[entry.dtype], entry.shape, entry.begin, entry.end

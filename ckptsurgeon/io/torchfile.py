@@ -5,15 +5,18 @@ Only the pickle is parsed; tensor bytes stay in the file and are located by reco
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
 from .limits import Budget
+from .picklescan import check_pickle
 from .records import MappedRecords
 from .refs import StorageRef
 from .unpickler import SafeUnpickler
@@ -48,6 +51,8 @@ def read_torch_zip(path: str, budget: Budget, *, check: bool = False) -> Unpickl
         order = next((e for e in head if e.name == root + "byteorder"), None)
         if order is not None:
             _check_byteorder(archive.read(order), path)
+        start = archive.data_start(pickled)
+        check_pickle(archive.map[start:start + pickled.size], 0, path)   # bytes: faster to walk than the map
         with archive.stream(pickled) as pickle_bytes:
             unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]), budget=budget)
             obj = _load(unpickler, path)
@@ -94,18 +99,20 @@ def _record_spans(path: str, prefix: str) -> dict[str, tuple[int, int]]:
 
 def read_torch_legacy(path: str, budget: Budget, *, check: bool = False) -> Unpickled:
     """Parse a pre-zip torch file: magic, protocol, sys info, the object, then raw storages."""
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, _mapped(path) as data:
+        scanned = _Scanned(data, path)
         # One unpickler per pickle: from protocol 4 on, MEMOIZE numbers the memo from zero in each pickle.
-        magic = _load(SafeUnpickler(handle, budget=budget), path)
+        magic = _load(SafeUnpickler(scanned.at(handle), budget=budget), path)
         if magic != LEGACY_MAGIC:
             raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad legacy magic number)")
-        _load(SafeUnpickler(handle, budget=budget), path)  # protocol version
-        sys_info = _load(SafeUnpickler(handle, budget=budget), path)
+        _load(SafeUnpickler(scanned.at(handle), budget=budget), path)  # protocol version
+        sys_info = _load(SafeUnpickler(scanned.at(handle), budget=budget), path)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
-        unpickler = SafeUnpickler(handle, storage_key=lambda pid: str(pid[2]), remember_storages=True, budget=budget)
+        unpickler = SafeUnpickler(scanned.at(handle), storage_key=lambda pid: str(pid[2]), remember_storages=True,
+                                  budget=budget)
         obj = _load(unpickler, path)
-        keys = _load(SafeUnpickler(handle, budget=budget), path)
+        keys = _load(SafeUnpickler(scanned.at(handle), budget=budget), path)
         spans = _legacy_spans(handle, keys, unpickler.storages, path)
     return Unpickled(obj, MappedRecords(path, spans), unpickler.stubbed)
 
@@ -133,10 +140,31 @@ def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path:
 
 def read_plain_pickle(path: str, budget: Budget, *, check: bool = False) -> Unpickled:
     """A pickle that is not a torch file: e.g. detectron2's ``{'model': {name: ndarray}}``."""
-    with open(path, "rb") as handle:
-        unpickler = SafeUnpickler(handle, budget=budget)
+    with open(path, "rb") as handle, _mapped(path) as data:
+        unpickler = SafeUnpickler(_Scanned(data, path).at(handle), budget=budget)
         obj = _load(unpickler, path)
     return Unpickled(obj, MappedRecords(path, {}), unpickler.stubbed)
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[Any]:
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
+
+
+class _Scanned:
+    """Checks each pickle of a file (see picklescan) before the unpickler reads it from the same position."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        self.data, self.path = data, path
+
+    def at(self, handle: Any) -> Any:
+        check_pickle(self.data, handle.tell(), self.path)
+        return handle
 
 
 def _load(unpickler: pickle.Unpickler, path: str) -> Any:
@@ -144,6 +172,7 @@ def _load(unpickler: pickle.Unpickler, path: str) -> Any:
         return unpickler.load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, struct.error, RecursionError, UnicodeDecodeError, OverflowError,
-            MemoryError) as exc:
-        raise CheckpointFormatError(f"{path}: cannot parse the pickle ({type(exc).__name__}: {exc}); "
+            MemoryError, SystemError) as exc:   # SystemError: numpy's own setstate on damaged state
+        detail = " ".join(str(exc).encode("ascii", "backslashreplace").decode().split())[:200]
+        raise CheckpointFormatError(f"{path}: cannot parse the pickle ({type(exc).__name__}: {detail}); "
                                     f"the file may be truncated or not a checkpoint") from exc
