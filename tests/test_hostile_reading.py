@@ -20,7 +20,8 @@ import hostile_corpus as corpus
 from ckptsurgeon.cli import cli
 from ckptsurgeon.errors import CheckpointFormatError, LimitError, SurgeonError
 from ckptsurgeon.io import Limits, open_checkpoint
-from ckptsurgeon.io.unpickler import SafeUnpickler, _rebuild_parameter
+from ckptsurgeon.io.rebuild import rebuild_parameter
+from ckptsurgeon.io.unpickler import SafeUnpickler
 
 CASES = corpus.PICKLE_CASES + corpus.SAFETENSORS_CASES
 REPO = Path(__file__).resolve().parent.parent
@@ -106,12 +107,12 @@ def test_torch_zip_geometry_inspect_and_convert_agree(name: str, refusal: str | 
 
 def test_a_file_cannot_change_the_reader_for_the_next_one(corpus_dir: Path, tmp_path: Path) -> None:
     defaults = torch._utils._rebuild_parameter.__defaults__
-    ours = _rebuild_parameter.__defaults__
+    ours = rebuild_parameter.__defaults__
     benign = corpus_dir / "numpy_array.pkl"
     for hostile in ("build_on_allowed_function", "build_on_allowed_class"):
         assert_refused(run("diff", str(corpus_dir / f"{hostile}.pkl"), str(benign)), "sets state (BUILD)")
     assert torch._utils._rebuild_parameter.__defaults__ == defaults
-    assert _rebuild_parameter.__defaults__ == ours
+    assert rebuild_parameter.__defaults__ == ours
     import ckptsurgeon.io.unpickler as unpickler
 
     assert not hasattr(unpickler.PlainOrderedDict, "keys") or unpickler.PlainOrderedDict.keys is dict.keys

@@ -55,7 +55,7 @@ def check_pickle(data: Any, start: int, path: str) -> int:
     its own offset.
     """
     end, at, skip, number = len(data), start, _RUN.match, int.from_bytes
-    while True:
+    while at < end:   # a length past the end (however large) ends the walk: refused below
         at = skip(data, at).end()
         if at >= end:
             break
