@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "open_checkpoint": "io", "read_specs": "io", "Checkpoint": "io", "CheckpointInfo": "io",
+    "verify_checkpoint": "io", "checking": "io", "Limits": "io",
     "write_state_dict": "io.writer",
     "inspect_checkpoint": "inspect", "inspect_model": "inspect", "Inspection": "inspect",
     "diff_checkpoints": "diff", "convert_checkpoint": "convert",
@@ -26,7 +27,7 @@ _PUBLIC = {
     "INITIALIZERS": "init", "initialize": "init",
     "SurgeonError": "errors", "CheckpointFormatError": "errors", "ContainerError": "errors",
     "MappingError": "errors", "ShapeError": "errors", "RecipeError": "errors", "ModelBuildError": "errors",
-    "OutputError": "errors", "GateFailed": "errors",
+    "OutputError": "errors", "GateFailed": "errors", "LimitError": "errors", "OptionError": "errors",
 }
 __all__ = ["__version__", *_PUBLIC]
 
