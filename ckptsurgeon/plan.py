@@ -78,6 +78,7 @@ class Ambiguity:
     alternative: str
     rename_rule: str | None = None   # the --rename options that state the alternative reading
     renames: tuple[tuple[str, str | None], ...] = ()   # (source module, target module or None: unused)
+    loads_nothing: bool = False   # identical modules nothing tells apart: the plan loaded none of them
 
 
 class Suggestion(NamedTuple):

@@ -69,7 +69,7 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     if move is not None:
         rest, provenance, move = _apply_move(rest, provenance, move)
     wrapper = move[1].rstrip(".") if move is not None and not move[0] else ""
-    found = match_structure(rest.values(), free_targets.values(), EXACT, wrapper)
+    found = _match_around_pinned(source, target, rest, pinned, move, wrapper)
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     found.pairs.update(_exact_name_floor(rest, free_targets, found))
@@ -77,11 +77,52 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
+    steps = _counters_follow_statistics(steps)
     ambiguous = {_original(n, provenance) for n in found.ambiguous_sources}
     paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
     unused = _unused(source, steps, dropped, ambiguous, paired)
     ambiguities = tuple(_with_rename_rule(a, rest, provenance) for a in found.ambiguities)
     return Plan(steps, unused, ambiguities, move, options)
+
+
+def _counters_follow_statistics(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """A BatchNorm's ``num_batches_tracked`` counts the statistics it came with: where none of its module's
+    tensors loads (channels all changed, no --resize), it starts afresh with them."""
+    loading: dict[str, bool] = {}
+    for step in steps:
+        if not is_bookkeeping(step.target):
+            module = parent_of(step.target)
+            loading[module] = loading.get(module, False) or step.is_transferred
+    return tuple(Step(step.target, INIT, step.target_shape, step.target_dtype, method=KEEP_TARGET,
+                      reason="bookkeeping counter, starts afresh with its module's statistics (none loads)")
+                 if step.is_transferred and is_bookkeeping(step.target) and loading.get(parent_of(step.target)) is False
+                 else step for step in steps)
+
+
+def _match_around_pinned(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec],
+                         rest: Mapping[str, TensorSpec], pinned: Mapping[str, str], move: tuple[str, str] | None,
+                         wrapper: str) -> StructureMatch:
+    """Structural matching of what the rules left, on trees that still hold the pinned keys (as ghosts under
+    their own names, and their targets): a rule inside a module must not change how its parents align."""
+    if not pinned:
+        return match_structure(rest.values(), target.values(), EXACT, wrapper)
+    ghosts = {}
+    for original in pinned.values():
+        name = moved_name(original, move) if move else original
+        if name not in rest:
+            ghosts[name] = source[original].with_name(name)
+    found = match_structure([*rest.values(), *ghosts.values()], target.values(), EXACT, wrapper)
+    found.pairs = {t: (s, how) for t, (s, how) in found.pairs.items() if t not in pinned and s not in ghosts}
+    found.ambiguous_sources -= ghosts.keys()
+
+    def settled(ambiguity: Ambiguity) -> bool:   # the rules already state a reading there
+        return any(_holds(s, ghosts) or (t is not None and _holds(t, pinned)) for s, t in ambiguity.renames)
+    found.ambiguities = [a for a in found.ambiguities if not settled(a)]
+    return found
+
+
+def _holds(module: str, keys: Iterable[str]) -> bool:
+    return any(key.startswith(module + ".") for key in keys)
 
 
 def _exact_name_floor(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], found: StructureMatch

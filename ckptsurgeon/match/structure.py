@@ -74,16 +74,11 @@ class Matcher:
         self._pair_own(source, target, strategy)
 
     def _pair_own(self, source: Node, target: Node, strategy: str) -> None:
-        """Own tensors by name (a shape mismatch too: it may be resized); the bookkeeping counters only where
-        some tensor of the module still fits (a BatchNorm whose channels all changed starts counting afresh)."""
-        pairs = self.result.pairs
-        for leaf in target.shapes:
-            if leaf in source.shapes:
-                pairs[target.key(leaf)] = (source.key(leaf), strategy)
-        fits = not target.shapes or any(source.shapes.get(leaf) == shape for leaf, shape in target.shapes.items())
-        for leaf in target.counters:
-            if fits and leaf in source.counters:
-                pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        """Own tensors by name (a shape mismatch too: it may be resized), counters with their module."""
+        own = source.tensors
+        for leaf in target.tensors:
+            if leaf in own:
+                self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
 
     def _pair_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
         self.note_pair(source, target)   # the nodes below pair too, but no later pass needs to know
@@ -181,7 +176,7 @@ class Matcher:
         self.result.ambiguities.append(Ambiguity(
             where or "<root>", f"nothing loaded into {', '.join(n.path for n in t_nodes)}",
             f"identical modules saved as {', '.join(n.path for n in s_nodes)}: names give no clear pairing",
-            renames=tuple((s.path, t.path) for s, t in zip(s_nodes, t_nodes))))
+            renames=tuple((s.path, t.path) for s, t in zip(s_nodes, t_nodes)), loads_nothing=True))
         for node in s_nodes:
             self.result.ambiguous_sources.update(node.keys())
 
