@@ -226,7 +226,13 @@ def test_unedited_model_copies_everything_exactly(data):
         assert plan.ambiguities == ()
 
 
-@pytest.mark.parametrize("seed", range(300))
+# Seeds whose cases failed while the planner was built (a nested rename shifting its parents' alignment, a
+# regrouped leaf taken by a move, a resized leaf left out of its regroup, counters of resized norms, a
+# wrapper prefix losing to a sub-tree move): pinned, as @example pins a hypothesis draw.
+FOUND = (1008, 1011, 1104, 1260, 1418, 1436, 1777, 2206, 2286, 2362, 2432, 2660, 4377, 4648, 5145, 5534, 5949)
+
+
+@pytest.mark.parametrize("seed", [*range(300), *FOUND])
 def test_seeded_cases(seed):
     """A fixed spread of cases, the same every run (the hypothesis tests search beyond it)."""
     case = draw_case(RandomChooser(seed))
