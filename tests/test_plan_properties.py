@@ -25,7 +25,7 @@ from typing import Sequence, TypeVar
 
 import random
 import pytest
-from hypothesis import HealthCheck, example, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from ckptsurgeon.match import make_plan

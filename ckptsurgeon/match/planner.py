@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import dataclasses
-import re
 from typing import Iterable, Mapping
 
-from ..errors import MappingError
 from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
                     REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
                     Unused, is_bookkeeping)
@@ -16,18 +13,10 @@ from ..specs import TensorSpec, format_shape
 from ..tree import parent_of
 from .order import match_by_order
 from .prefix import detect_prefix_move, moved_name
-from .rules import PatternRule, apply_renames, first_match, parse_init_rules, parse_rename, parse_resize_rules
+from .provenance import apply_move, original_name, provenance_pair, rename_sources, with_rename_rule
+from .rules import PatternRule, first_match, parse_init_rules, parse_resize_rules
 from .structure import StructureMatch, match_structure
 from .suggest import suggest
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """How a source key got the name matching saw."""
-
-    original: str
-    by_rule: bool = False
-    moved: bool = False
 
 
 def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], *,
@@ -63,25 +52,25 @@ def plan_with_options(source: Mapping[str, TensorSpec], target: Mapping[str, Ten
 def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
                tied: Iterable[Iterable[str]]) -> Plan:
     resize_rules, init_rules = parse_resize_rules(options.resize), parse_init_rules(options.init)
-    pinned, rest, provenance, dropped = _rename_sources(source, target, options.rename)
+    pinned, rest, provenance, dropped = rename_sources(source, target, options.rename)
     free_targets = {name: spec for name, spec in target.items() if name not in pinned}
     move = detect_prefix_move(rest, target)   # the whole target: pinned keys still show where modules live
     if move is not None:
-        rest, provenance, move = _apply_move(rest, provenance, move)
+        rest, provenance, move = apply_move(rest, provenance, move)
     wrapper = move[1].rstrip(".") if move is not None and not move[0] else ""
     found = _match_around_pinned(source, target, rest, pinned, move, wrapper)
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     found.pairs.update(_exact_name_floor(rest, free_targets, found))
-    pairs = {t: _provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
+    pairs = {t: provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
     steps = _counters_follow_statistics(steps)
-    ambiguous = {_original(n, provenance) for n in found.ambiguous_sources}
+    ambiguous = {original_name(n, provenance) for n in found.ambiguous_sources}
     paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
     unused = _unused(source, steps, dropped, ambiguous, paired)
-    ambiguities = tuple(_with_rename_rule(a, rest, provenance) for a in found.ambiguities)
+    ambiguities = tuple(with_rename_rule(a, rest, provenance) for a in found.ambiguities)
     return Plan(steps, unused, ambiguities, move, options)
 
 
@@ -148,103 +137,6 @@ def _exact_name_floor(source: Mapping[str, TensorSpec], target: Mapping[str, Ten
     return extra
 
 
-def _rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
-                    ) -> tuple[dict[str, str], dict[str, TensorSpec], dict[str, Provenance], set[str]]:
-    """Apply the rename rules. A key a rule renames onto a target key is pinned to it (rules come first);
-    the other keys go on to structural matching under their (possibly renamed) names.
-
-    Returns (pinned target -> source, remaining specs by name, their provenance, dropped source keys).
-    """
-    if not texts:
-        return {}, dict(source), {}, set()
-    rules = [parse_rename(text) for text in texts]
-    pinned: dict[str, str] = {}
-    rest: dict[str, TensorSpec] = {}
-    provenance: dict[str, Provenance] = {}
-    dropped: set[str] = set()
-    for name, spec in source.items():
-        new = apply_renames(rules, name) if rules else name
-        if not new:
-            dropped.add(name)
-            continue
-        taken = pinned.get(new) if new != name and new in target else (_original(new, provenance) if new in rest else None)
-        if taken is not None:
-            raise MappingError(f"--rename gives two source keys the same name {new!r}: {taken!r} and {name!r}; "
-                               f"make the rule more specific")
-        if new != name and new in target:
-            pinned[new] = name
-        elif new == name:
-            rest[new] = spec
-        else:
-            rest[new] = spec.with_name(new)
-            provenance[new] = Provenance(name, by_rule=True)
-    return pinned, rest, provenance, dropped
-
-
-def _original(name: str, provenance: Mapping[str, Provenance]) -> str:
-    origin = provenance.get(name)
-    return name if origin is None else origin.original
-
-
-def _provenance_pair(name: str, how: str, provenance: Mapping[str, Provenance]) -> tuple[str, str]:
-    origin = provenance.get(name)
-    return (name, how) if origin is None else (origin.original, _strategy(how, origin))
-
-
-def _apply_move(named: dict[str, TensorSpec], provenance: dict[str, Provenance], move: tuple[str, str]
-                ) -> tuple[dict[str, TensorSpec], dict[str, Provenance], tuple[str, str] | None]:
-    """The keys under their moved names, or as they were (and no move) if the move would merge two keys."""
-    moved_specs: dict[str, TensorSpec] = {}
-    moved_provenance: dict[str, Provenance] = {}
-    for name, spec in named.items():
-        new = moved_name(name, move)
-        if new in moved_specs:
-            return named, provenance, None
-        if new == name:
-            moved_specs[new] = spec
-            if name in provenance:
-                moved_provenance[new] = provenance[name]
-            continue
-        origin = provenance.get(name)
-        moved_specs[new] = spec.with_name(new)
-        moved_provenance[new] = Provenance(origin.original if origin else name, bool(origin and origin.by_rule), True)
-    return moved_specs, moved_provenance, move
-
-
-def _with_rename_rule(ambiguity: Ambiguity, rest: Mapping[str, TensorSpec], provenance: Mapping[str, Provenance]) -> Ambiguity:
-    """Write the other reading as --rename options over the user's own source names, ordered so that no
-    rule renames what an earlier one produced."""
-    pairs = [(_original_module(source, rest, provenance), target) for source, target in ambiguity.renames]
-    ordered = _order_rules([(s, t) for s, t in pairs if s is not None and s != t])
-    if not ordered:
-        return ambiguity
-    text = " ".join(f"--rename '^{re.escape(s)}\\.={t}.'" if t else f"--rename '^{re.escape(s)}\\..*='"
-                    for s, t in ordered)
-    return dataclasses.replace(ambiguity, rename_rule=text)
-
-
-def _original_module(path: str, rest: Mapping[str, TensorSpec], provenance: Mapping[str, Provenance]) -> str | None:
-    """A source module's path in the checkpoint's own names (before any prefix move or rule)."""
-    for name in rest:
-        if name.startswith(path + "."):
-            tail = name[len(path) + 1:]
-            original = _original(name, provenance)
-            return original[:-len(tail) - 1] if original.endswith("." + tail) else None
-    return None
-
-
-def _order_rules(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Rules apply one after another: a rule into X must run after the rule that moves X away."""
-    pending, ordered = list(rules), []
-    while pending:
-        ready = [r for r in pending if not any(other[0] == r[1] for other in pending if other is not r)]
-        if not ready:  # a cycle (a swap) cannot be written as rules applied in turn
-            return []
-        ordered += ready
-        pending = [r for r in pending if r not in ready]
-    return ordered
-
-
 def _spread_ties(pairs: dict[str, tuple[str, str]], tied: Iterable[Iterable[str]]) -> None:
     for group in tied:
         members = list(group)
@@ -252,14 +144,6 @@ def _spread_ties(pairs: dict[str, tuple[str, str]], tied: Iterable[Iterable[str]
         if fed is not None:
             for member in members:
                 pairs.setdefault(member, (fed[0], TIED))
-
-
-def _strategy(found: str, origin: Provenance) -> str:
-    if found != EXACT:
-        return found
-    if origin.by_rule:
-        return RENAME
-    return PREFIX if origin.moved else EXACT
 
 
 def _init_for(spec: TensorSpec, rules: list[PatternRule]) -> tuple[str, str]:
