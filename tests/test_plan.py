@@ -416,3 +416,13 @@ def test_a_shape_mismatch_names_its_key_and_a_method_that_applies(source_shape, 
 def test_a_shape_mismatch_no_method_maps_says_so():
     plan = make_plan(specs({"m.w": (8, 4)}), specs({"m.w": (8, 4, 1)}))
     assert plan.step_for("m.w").reason.endswith("no resize method maps these shapes")
+
+
+def test_keys_too_deep_to_be_a_model_are_refused_with_the_limit():
+    from ckptsurgeon.match.planner import MAX_DEPTH
+
+    fits = ".".join(["m"] * MAX_DEPTH) + ".weight"
+    assert make_plan(specs({fits: (2,)}), specs({fits: (2,)})).step_for(fits).action == COPY
+    deep = ".".join(["m"] * 3000) + ".weight"
+    with pytest.raises(MappingError, match=rf"source key .* is 3000 modules deep; planning follows at most {MAX_DEPTH}"):
+        make_plan(specs({deep: (2,)}), specs({"w": (2,)}))

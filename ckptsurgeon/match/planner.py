@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Mapping
 
+from ..errors import MappingError
 from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
                     REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
                     Unused, is_bookkeeping)
@@ -41,12 +42,24 @@ def plan_with_options(source: Mapping[str, TensorSpec], target: Mapping[str, Ten
                       tied: Iterable[Iterable[str]] = ()) -> Plan:
     """:func:`make_plan` with its options already gathered (the transfer engine and recipes pass them whole)."""
     tied = [list(group) for group in tied]
+    _check_depth(source, "source")
+    _check_depth(target, "target")
     with paused_gc():
         plan = _make_plan(source, target, options, tied)
         if plan.unused and any(step.action == INIT for step in plan.steps):
             found = suggest(plan, source, target, lambda other: _make_plan(source, target, other, tied))
             plan = dataclasses.replace(plan, suggestions=found)
     return plan
+
+
+MAX_DEPTH = 200   # module levels in a key name; real models have a few dozen at most
+
+
+def _check_depth(specs: Mapping[str, TensorSpec], side: str) -> None:
+    deepest = max(specs, key=lambda name: name.count("."), default="")
+    if deepest.count(".") > MAX_DEPTH:
+        raise MappingError(f"{side} key {deepest[:80]!r}... is {deepest.count('.')} modules deep; planning follows "
+                           f"at most {MAX_DEPTH} levels (a name like that is damaged or hostile, not a model)")
 
 
 def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
