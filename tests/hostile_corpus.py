@@ -166,12 +166,17 @@ class _Storage:
 class _Tensor:
     """Pickles as torch does: ``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
 
-    def __init__(self, storage: _Storage, offset: object, size: object, stride: object) -> None:
+    def __init__(self, storage: _Storage, offset: object, size: object, stride: object, dtype: str | None = None):
         self.args = (storage, offset, size, stride)
+        self.dtype = dtype   # set: torch >= 2.4's _rebuild_tensor_v3 over an untyped storage
 
     def __reduce__(self) -> tuple:
+        import torch
         import torch._utils
 
+        if self.dtype is not None:
+            return torch._utils._rebuild_tensor_v3, (*self.args, False, collections.OrderedDict(),
+                                                     getattr(torch, self.dtype))
         return torch._utils._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict())
 
 
@@ -204,8 +209,9 @@ def torch_zip(path: Path, tensors: dict[str, _Tensor], record: bytes, *, crc_of:
 
 
 def geometry_zip(path: Path, offset: object = 0, size: object = (2, 2), stride: object = (2, 1),
-                 numel: int = 4, kind: str = "FloatStorage", record_bytes: int = 16) -> Path:
-    return torch_zip(path, {"w": _Tensor(_Storage(numel, kind), offset, size, stride)}, b"\0" * record_bytes)
+                 numel: int = 4, kind: str = "FloatStorage", record_bytes: int = 16, dtype: str | None = None) -> Path:
+    tensor = _Tensor(_Storage(numel, kind), offset, size, stride, dtype)
+    return torch_zip(path, {"w": tensor}, b"\0" * record_bytes)
 
 
 # -- safetensors with hand-made headers ------------------------------------------------------------------------
@@ -284,8 +290,11 @@ TORCH_ZIP_CASES = [
     ("zip_negative_offset", {"offset": -1}, "a tensor's storage offset is -1"),
     ("zip_stride_length", {"stride": (1,)}, "a tensor's stride (for shape (2, 2)) is (1,)"),
     ("zip_past_storage", {"size": (4, 4), "stride": (4, 1)}, "past its storage"),
-    ("zip_record_not_elements", {"record_bytes": 15}, "record 0 holds 15 bytes, not a multiple of the element size"),
-    ("zip_record_short", {"record_bytes": 8}, "'w' needs 16 bytes but its record holds 8"),
+    ("zip_record_not_elements", {"record_bytes": 15},
+     "storage record data/0 holds 15 bytes, but the pickle declares 4 float32 (16 bytes)"),
+    ("zip_record_short", {"record_bytes": 8}, "storage record data/0 holds 8 bytes, but the pickle declares 4 float32"),
+    ("zip_untyped_not_elements", {"kind": "UntypedStorage", "numel": 15, "record_bytes": 15, "dtype": "float32"},
+     "not a multiple of the element size"),
 ]
 
 

@@ -36,10 +36,11 @@ def _checked_geometry(storage: StorageRef, offset: Any, size: Any, stride: Any, 
     """Shape, stride and offset as torch would accept them, inside their storage (no tensor data read)."""
     if type(offset) is not int or offset < 0:
         raise refuse_geometry("storage offset", offset)
-    if not _whole_numbers(size):
-        raise refuse_geometry("shape", size)
-    if not _whole_numbers(stride):
-        raise refuse_geometry("stride", stride)
+    if type(size) is not tuple or type(stride) is not tuple or not _whole_numbers(size + stride):
+        if not _whole_numbers(size):   # the slow path names which of the two is wrong
+            raise refuse_geometry("shape", size)
+        if not _whole_numbers(stride):
+            raise refuse_geometry("stride", stride)
     if len(stride) != len(size):
         raise refuse_geometry(f"stride (for shape {tuple(size)})", stride)
     element = ELEMENT_SIZE.get(dtype, 1)
