@@ -126,33 +126,35 @@ class MappedRecords:
             self.verify(key)
         return memoryview(self._mapped())[start:start + length]
 
-    def verify(self, key: str) -> None:
+    def verify(self, key: str, handle: BinaryIO | None = None) -> None:
         """Check a record's CRC-32 against the zip's (once per record). Read in chunks through a file, not the
         map, so checking a large file costs no resident memory."""
         if key in self._verified or self.crcs is None:
             return
+        if handle is None:
+            with open(self.path, "rb", buffering=0) as own:
+                return self.verify(key, own)
         start, length = self.spans[key]
-        crc, done, chunk = 0, 0, bytearray(min(CHECK_CHUNK, max(length, 1)))
-        with open(self.path, "rb", buffering=0) as handle:
-            handle.seek(start)
-            view = memoryview(chunk)
-            while done < length:
-                got = handle.readinto(view[:min(len(chunk), length - done)])
-                if not got:
-                    break
-                crc = zlib.crc32(view[:got], crc)
-                done += got
+        crc, done = 0, 0
+        handle.seek(start)
+        while done < length:
+            block = handle.read(min(CHECK_CHUNK, length - done))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            done += len(block)
         if crc != self.crcs.get(key, crc) or done < length:
             raise CheckpointFormatError(f"{self.path}: record data/{key} fails its CRC-32 check (stored "
                                         f"{self.crcs[key]:08x}, computed {crc:08x}); the file is damaged")
         self._verified.add(key)
 
     def verify_all(self) -> int:
-        """Check every record's CRC-32; returns how many were checked (0 for formats without CRCs)."""
+        """Check every record's CRC-32 in file order; returns how many were checked (0 without CRCs)."""
         if self.crcs is None:
             return 0
-        for key in self.spans:
-            self.verify(key)
+        with open(self.path, "rb", buffering=0) as handle:
+            for key, _ in sorted(self.spans.items(), key=lambda item: item[1][0]):
+                self.verify(key, handle)
         return len(self.spans)
 
     def close(self) -> None:
