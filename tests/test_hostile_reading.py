@@ -195,3 +195,12 @@ def test_small_hostile_files_are_bounded(name: str, corpus_dir: Path) -> None:
     seconds, peak_mb = done.stdout.split()
     assert float(seconds) < 5.0
     assert int(peak_mb) < 300
+
+
+def test_a_record_declared_twice_is_checked_against_the_larger_declaration(tmp_path: Path) -> None:
+    """Found by the fuzzer: a flipped byte makes two storages name the same record with different sizes."""
+    path = corpus.torch_zip(tmp_path / "twice.pt", {
+        "w": corpus._Tensor(corpus._Storage(4), 0, (2, 2), (2, 1)),
+        "v": corpus._Tensor(corpus._Storage(1), 0, (1,), (1,))}, b"\0" * 4)
+    assert_refused(run("inspect", str(path)), "storage record data/0 holds 4 bytes, but the pickle declares 4 float32 "
+                                               "(16 bytes)")

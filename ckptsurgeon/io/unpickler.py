@@ -19,6 +19,7 @@ import pickle
 import warnings
 from typing import Any, Callable
 
+from ..specs import ELEMENT_SIZE
 from .limits import Budget
 from .rebuild import CURRENT_PATH, rebuild_from_type, rebuild_parameter, rebuild_tensor, rebuild_tensor_v3
 from .refs import StorageRef
@@ -174,8 +175,14 @@ class SafeUnpickler(pickle.Unpickler):
         dtype = storage_type.dtype if isinstance(storage_type, StorageType) else "uint8"
         ref = StorageRef(self._storage_key(pid), dtype, numel)
         if self.storages is not None:
-            self.storages[ref.key] = ref
+            known = self.storages.get(ref.key)   # a damaged pickle may declare one record twice: keep the larger
+            if known is None or _nbytes(known) < _nbytes(ref):
+                self.storages[ref.key] = ref
         return ref
+
+
+def _nbytes(storage: StorageRef) -> int:
+    return storage.numel * ELEMENT_SIZE.get(storage.dtype, 1)
 
 
 _TORCH_DTYPES = {
