@@ -148,6 +148,9 @@ def _legacy_spans(handle: Any, keys: Any, storages: dict[str, StorageRef], path:
         numel = struct.unpack("<q", raw)[0]
         ref = storages.get(str(key))
         size = numel * ELEMENT_SIZE.get(ref.dtype, 1) if ref else 0
+        if ref is not None and ref.numel != numel:
+            raise CheckpointFormatError(f"{path}: storage {key} holds {numel} elements, but the pickle declares "
+                                        f"{ref.numel}; the file is damaged")
         if numel < 0 or handle.tell() + size > end:
             raise CheckpointFormatError(f"{path}: storage {key} claims {numel} elements, past the end of the file; "
                                         f"the file is truncated or damaged")
