@@ -48,15 +48,16 @@ def _tables() -> tuple[re.Pattern[bytes], dict[int, object]]:
 _RUN, _OTHER = _tables()
 
 
-def check_pickle(data: Any, start: int, path: str) -> int:
-    """Walk the pickle at ``data[start:]`` (bytes or an mmap) to its STOP; returns the offset after it.
+def check_pickle(data: Any, start: int, path: str, *, end: int | None = None) -> int:
+    """Walk the pickle at ``data[start:end]`` (bytes or an mmap) to its STOP; returns the offset after it.
 
     Raises CheckpointFormatError for an unknown opcode, an argument past the end, or a memo index larger than
     its own offset.
     """
-    end, at, skip, number = len(data), start, _RUN.match, int.from_bytes
+    end = len(data) if end is None else min(end, len(data))
+    at, skip, number = start, _RUN.match, int.from_bytes
     while at < end:   # a length past the end (however large) ends the walk: refused below
-        at = skip(data, at).end()
+        at = skip(data, at, end).end()
         if at >= end:
             break
         code = data[at]

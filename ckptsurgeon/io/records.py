@@ -84,14 +84,15 @@ class MappedRecords:
 
     def __init__(self, path: str, spans: dict[str, tuple[int, int]] | None = None, *,
                  locate: Callable[[], dict[str, tuple[int, int]]] | None = None,
-                 sizes: dict[str, int] | None = None, crcs: dict[str, int] | None = None,
-                 check: bool = False) -> None:
+                 sizes: dict[str, int] | None = None,
+                 crcs: Callable[[], dict[str, int]] | None = None, check: bool = False) -> None:
         self.path = path
         self._spans = spans
         self._sizes = sizes     # record sizes known before the spans are located (a zip's central directory)
         self._locate = locate   # computes the spans on first use (a torch zip's records)
         self._map: mmap.mmap | None = None
-        self.crcs = crcs        # a zip's CRC-32 per record
+        self._crc_table = crcs  # reads a zip's CRC-32 per record, on first need
+        self.crcs: dict[str, int] | None = None
         self.check = check and crcs is not None
         self._verified: set[str] = set()
 
@@ -129,8 +130,10 @@ class MappedRecords:
     def verify(self, key: str, handle: BinaryIO | None = None) -> None:
         """Check a record's CRC-32 against the zip's (once per record). Read in chunks through a file, not the
         map, so checking a large file costs no resident memory."""
-        if key in self._verified or self.crcs is None:
+        if key in self._verified or self._crc_table is None:
             return
+        if self.crcs is None:
+            self.crcs = self._crc_table()
         if handle is None:
             with open(self.path, "rb", buffering=0) as own:
                 return self.verify(key, own)
@@ -150,7 +153,7 @@ class MappedRecords:
 
     def verify_all(self) -> int:
         """Check every record's CRC-32 in file order; returns how many were checked (0 without CRCs)."""
-        if self.crcs is None:
+        if self._crc_table is None:
             return 0
         with open(self.path, "rb", buffering=0) as handle:
             for key, _ in sorted(self.spans.items(), key=lambda item: item[1][0]):

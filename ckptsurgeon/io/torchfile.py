@@ -52,34 +52,28 @@ def read_torch_zip(path: str, budget: Budget, *, check: bool = False) -> Unpickl
         if order is not None:
             _check_byteorder(archive.read(order), path)
         start = archive.data_start(pickled)
-        check_pickle(archive.map[start:start + pickled.size], 0, path)   # bytes: faster to walk than the map
+        check_pickle(archive.map, start, path, end=start + pickled.size)
+        sizes, _ = archive.record_table(root + "data/", crcs=False)
         with archive.stream(pickled) as pickle_bytes:
-            unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]), remember_storages=True,
+            # Each storage is checked against its record as the pickle declares it (its tensors are checked
+            # against the storage as they are rebuilt), so every command agrees with inspect.
+            unpickler = SafeUnpickler(pickle_bytes, storage_key=lambda pid: str(pid[2]), record_sizes=sizes,
                                       budget=budget)
             obj = _load(unpickler, path)
-        sizes, crcs = archive.record_table(root + "data/")
     finally:
         archive.close()
-    _check_records(unpickler.storages or {}, sizes, path)
-    records = MappedRecords(path, locate=lambda: _record_spans(path, root + "data/"), sizes=sizes, crcs=crcs,
-                            check=check)
+    del sizes   # 100k records: not kept once checked
+    records = MappedRecords(path, locate=lambda: _record_spans(path, root + "data/"),
+                            crcs=lambda: _record_crcs(path, root + "data/"), check=check)
     return Unpickled(obj, records, unpickler.stubbed)
 
 
-def _check_records(storages: dict[str, StorageRef], sizes: dict[str, int], path: str) -> None:
-    """Every storage the pickle declares must have a record of exactly its size, as torch writes them (its tensors
-    were checked against the storage as they were rebuilt), so every command agrees with ``inspect`` and reading
-    cannot fail."""
-    for key, storage in storages.items():
-        needed = storage.numel * ELEMENT_SIZE.get(storage.dtype, 1)
-        size = sizes.get(key)
-        if size is None:
-            raise CheckpointFormatError(f"{path}: the pickle refers to storage record data/{key}, which is not in "
-                                        f"the file; the file is damaged")
-        if size != needed:
-            raise CheckpointFormatError(f"{path}: storage record data/{key} holds {size} bytes, but the pickle "
-                                        f"declares {storage.numel} {storage.dtype} ({needed} bytes); the file is "
-                                        f"truncated or damaged")
+def _record_crcs(path: str, prefix: str) -> dict[str, int]:
+    archive = ZipArchive(path)
+    try:
+        return archive.record_table(prefix, crcs=True)[1]
+    finally:
+        archive.close()
 
 
 def _find(entries: Any, suffix: str) -> Entry | None:

@@ -19,6 +19,7 @@ import pickle
 import warnings
 from typing import Any, Callable
 
+from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
 from .limits import Budget
 from .rebuild import CURRENT_PATH, rebuild_from_type, rebuild_parameter, rebuild_tensor, rebuild_tensor_v3
@@ -111,12 +112,14 @@ class SafeUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file: io.BufferedIOBase, storage_key: Callable[[tuple], str] | None = None, *,
-                 remember_storages: bool = False, budget: Budget | None = None) -> None:
+                 remember_storages: bool = False, record_sizes: dict[str, int] | None = None,
+                 budget: Budget | None = None) -> None:
         super().__init__(file, encoding="latin1")
         self._storage_key = storage_key
         self.stubbed: dict[str, int] = {}
         # Legacy files size their raw storages by the pickle's dtypes; zip files need no such record.
         self.storages: dict[str, StorageRef] | None = {} if remember_storages else None
+        self._record_sizes = record_sizes   # a zip's record sizes: each declared storage must match its record
         self._stub_classes: dict[str, type] = {}
         self.budget = budget
         self._odict = type("OrderedDict", (PlainOrderedDict,), {"_budget": budget})
@@ -161,6 +164,18 @@ class SafeUnpickler(pickle.Unpickler):
             self._stub_classes[qualname] = type(short, (Stub,), {"stub_global": qualname, "_budget": self.budget})
         return self._stub_classes[qualname]
 
+    def _check_record(self, storage: StorageRef) -> None:
+        """A zip record must be exactly as long as the storage the pickle declares, as torch writes them."""
+        size = self._record_sizes.get(storage.key)
+        path = self.budget.path if self.budget is not None else "<pickle>"
+        if size is None:
+            raise CheckpointFormatError(f"{path}: the pickle refers to storage record data/{storage.key}, which is "
+                                        f"not in the file; the file is damaged")
+        if size != _nbytes(storage):
+            raise CheckpointFormatError(f"{path}: storage record data/{storage.key} holds {size} bytes, but the pickle "
+                                        f"declares {storage.numel} {storage.dtype} ({_nbytes(storage)} bytes); the "
+                                        f"file is truncated or damaged")
+
     def persistent_load(self, pid: Any) -> Any:
         if self.budget is not None:
             self.budget.objects += 1   # checked by the next constructor call
@@ -174,6 +189,8 @@ class SafeUnpickler(pickle.Unpickler):
         storage_type, numel = pid[1], pid[4]
         dtype = storage_type.dtype if isinstance(storage_type, StorageType) else "uint8"
         ref = StorageRef(self._storage_key(pid), dtype, numel)
+        if self._record_sizes is not None:
+            self._check_record(ref)
         if self.storages is not None:
             known = self.storages.get(ref.key)   # a damaged pickle may declare one record twice: keep the larger
             if known is None or _nbytes(known) < _nbytes(ref):

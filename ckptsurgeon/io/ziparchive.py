@@ -7,6 +7,7 @@ central-directory entries, and the byte ranges of the records are only computed 
 
 from __future__ import annotations
 
+import array
 import mmap
 import struct
 from typing import BinaryIO, NamedTuple
@@ -82,12 +83,12 @@ class ZipArchive:
             at += _CENTRAL.size + name_len + extra_len + comment_len
             seen += 1
 
-    def record_table(self, prefix: str) -> tuple[dict[str, int], dict[str, int]]:
-        """Size and CRC-32 of every entry under ``prefix`` (keyed by the rest of the name), from the central
-        directory alone: a tight loop, as a torch zip may hold 100k records."""
+    def record_table(self, prefix: str, *, crcs: bool = True) -> tuple["RecordSizes", dict[str, int]]:
+        """Size and (with ``crcs``) CRC-32 of every entry under ``prefix`` (keyed by the rest of the name), from
+        the central directory alone: a tight loop, as a torch zip may hold 100k records."""
         head, cut, view, unpack, fixed = prefix.encode(), len(prefix.encode()), self.map, _CENTRAL.unpack_from, _CENTRAL.size
-        sizes: dict[str, int] = {}
-        crcs: dict[str, int] = {}
+        sizes = RecordSizes(min(self.count, self.cd_size // fixed))   # the count is the file's word: bounded
+        checksums: dict[str, int] = {}
         at, end = self.cd_offset, self.cd_offset + self.cd_size
         while at + fixed <= end:
             fields = unpack(view, at)
@@ -100,9 +101,11 @@ class ZipArchive:
                 if 0xFFFFFFFF in (size, fields[16], fields[8]):
                     size = _zip64_extra(view[name_end:name_end + fields[11]], fields)[0]
                 key = name[cut:].decode("utf-8", "replace")
-                sizes[key], crcs[key] = size, fields[7]
+                sizes.put(key, size)
+                if crcs:
+                    checksums[key] = fields[7]
             at = name_end + fields[11] + fields[12]
-        return sizes, crcs
+        return sizes, checksums
 
     def data_start(self, entry: Entry) -> int:
         """Where an entry's bytes begin: after its local header (whose extra field pads for alignment)."""
@@ -135,6 +138,29 @@ class ZipArchive:
 
     def close(self) -> None:
         self.map.close()
+
+
+class RecordSizes:
+    """Record sizes by name, compact for torch's numbered records ("0", "1", ...: 8 bytes each in an array,
+    where a dict would take some 100 bytes a record at 100k records)."""
+
+    __slots__ = ("numbered", "named")
+
+    def __init__(self, count: int) -> None:
+        self.numbered = array.array("q", [-1]) * max(count, 0)
+        self.named: dict[str, int] = {}
+
+    def put(self, key: str, size: int) -> None:
+        if key.isdigit() and key == str(int(key)) and int(key) < len(self.numbered):
+            self.numbered[int(key)] = size
+        else:
+            self.named[key] = size
+
+    def get(self, key: str) -> int | None:
+        if key.isdigit() and key == str(int(key)) and int(key) < len(self.numbered):
+            size = self.numbered[int(key)]
+            return None if size < 0 else size
+        return self.named.get(key)
 
 
 def _zip64_extra(extra: bytes, fields: tuple) -> tuple[int, int]:
