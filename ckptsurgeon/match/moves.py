@@ -37,7 +37,8 @@ def touched_paths(keys: Iterable[str], nodes: Iterable[str] = ()) -> set[str]:
 class Leftovers:
     """The sub-trees neither earlier pass touched, on both sides."""
 
-    def __init__(self, matcher: Matcher) -> None:
+    def __init__(self, matcher: Matcher, s_root: Node, t_root: Node) -> None:
+        self.source_parents, self.target_parents = s_root.parents(), t_root.parents()
         result = matcher.result
         used = [source for source, _ in result.pairs.values()]
         self.source = touched_paths(used + list(result.ambiguous_sources), matcher.paired_source)
@@ -51,20 +52,20 @@ class Leftovers:
         return node.path not in self.target and not _overlaps(node.path, (t for _, t in self.moved))
 
     def whole_source(self, node: Node) -> bool:
-        return self.free_source(node) and _whole(node, self.source)
+        return self.free_source(node) and _whole(node, self.source, self.source_parents)
 
     def whole_target(self, node: Node) -> bool:
-        return self.free_target(node) and _whole(node, self.target)
+        return self.free_target(node) and _whole(node, self.target, self.target_parents)
 
 
-def _whole(node: Node, touched: set[str]) -> bool:
+def _whole(node: Node, touched: set[str], parents: dict[str, Node]) -> bool:
     """Left whole: its parent was matched (or is the root), or is a wrapper of this node alone that was
     left whole itself (``encoder`` around ``encoder.layer``)."""
-    parent = node.parent
+    parent = parents.get(node.path)
     while parent is not None and parent.path and parent.path not in touched:
         if len(parent.children) != 1:
             return False
-        parent = parent.parent
+        parent = parents.get(parent.path)
     return True
 
 
@@ -73,9 +74,9 @@ def _overlaps(path: str, others: Iterable[str]) -> bool:
 
 
 def match_moves(matcher: Matcher, s_root: Node, t_root: Node) -> None:
-    free = Leftovers(matcher)
+    free = Leftovers(matcher, s_root, t_root)
     _move_unique_subtrees(matcher, free, s_root, t_root)
-    _move_numbered_containers(matcher, Leftovers(matcher), s_root, t_root)
+    _move_numbered_containers(matcher, Leftovers(matcher, s_root, t_root), s_root, t_root)
 
 
 def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_root: Node) -> None:

@@ -19,11 +19,10 @@ _NO_SHAPES: dict = {}
 
 
 class Node:
-    __slots__ = ("path", "parent", "shapes", "counters", "children", "sig", "_kind", "_relative")
+    __slots__ = ("path", "shapes", "counters", "children", "sig", "_kind", "_relative")
 
-    def __init__(self, path: str, parent: "Node | None") -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.parent = parent
         self.shapes: dict[str, tuple[int, ...]] = _NO_SHAPES   # own tensors that make the signature
         self.counters: tuple[str, ...] = ()             # own bookkeeping tensors (num_batches_tracked)
         self.children: dict[str, Node] = _NO_CHILDREN
@@ -77,6 +76,11 @@ class Node:
         """The shapes of the subtree's tensors, names aside."""
         return Counter(self.relative.values())
 
+    def parents(self) -> dict[str, "Node"]:
+        """Every node below by path -> its parent (nodes keep no parent link: trees stay free of cycles, so
+        they are freed as soon as planning is done, without the cyclic garbage collector)."""
+        return {child.path: node for node in self.walk() for child in node.children.values()}
+
     def walk(self) -> Iterator["Node"]:
         """This node and every node below it, parents first."""
         stack = [self]
@@ -96,7 +100,7 @@ class Node:
 
 
 def build_tree(specs: Iterable[TensorSpec]) -> Node:
-    root = Node("", None)
+    root = Node("")
     nodes = {"": root}
     lookup = nodes.get
     for spec in specs:
@@ -118,7 +122,7 @@ def _node_at(path: str, nodes: dict[str, Node]) -> Node:
     parent = nodes.get(parent_path) or _node_at(parent_path, nodes)
     if parent.children is _NO_CHILDREN:
         parent.children = {}
-    node = parent.children[name] = nodes[path] = Node(path, parent)
+    node = parent.children[name] = nodes[path] = Node(path)
     return node
 
 

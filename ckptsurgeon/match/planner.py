@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Iterable, Mapping
 
 from ..errors import MappingError
@@ -56,7 +57,9 @@ MAX_DEPTH = 200   # module levels in a key name; real models have a few dozen at
 
 
 def _check_depth(specs: Mapping[str, TensorSpec], side: str) -> None:
-    deepest = max(specs, key=lambda name: name.count("."), default="")
+    if max(map(str.count, specs, itertools.repeat(".")), default=0) <= MAX_DEPTH:
+        return
+    deepest = max(specs, key=lambda name: name.count("."))
     if deepest.count(".") > MAX_DEPTH:
         raise MappingError(f"{side} key {deepest[:80]!r}... is {deepest.count('.')} modules deep; planning follows "
                            f"at most {MAX_DEPTH} levels (a name like that is damaged or hostile, not a model)")
@@ -79,7 +82,8 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
-    steps = _counters_follow_statistics(steps)
+    if found.counters_to_check:
+        steps = _counters_follow_statistics(steps, found.counters_to_check, target)
     ambiguous = {original_name(n, provenance) for n in found.ambiguous_sources}
     paired = {pairs[step.target][0]: step for step in steps if step.target in pairs}
     unused = _unused(source, steps, dropped, ambiguous, paired)
@@ -87,18 +91,20 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     return Plan(steps, unused, ambiguities, move, options)
 
 
-def _counters_follow_statistics(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+def _counters_follow_statistics(steps: tuple[Step, ...], modules: list[tuple[list[str], list[str]]],
+                                target: Mapping[str, TensorSpec]) -> tuple[Step, ...]:
     """A BatchNorm's ``num_batches_tracked`` counts the statistics it came with: where none of its module's
     tensors loads (channels all changed, no --resize), it starts afresh with them."""
-    loading: dict[str, bool] = {}
-    for step in steps:
-        if not is_bookkeeping(step.target):
-            module = parent_of(step.target)
-            loading[module] = loading.get(module, False) or step.is_transferred
-    return tuple(Step(step.target, INIT, step.target_shape, step.target_dtype, method=KEEP_TARGET,
-                      reason="bookkeeping counter, starts afresh with its module's statistics (none loads)")
-                 if step.is_transferred and is_bookkeeping(step.target) and loading.get(parent_of(step.target)) is False
-                 else step for step in steps)
+    position = {name: i for i, name in enumerate(target)}
+    out = list(steps)
+    for counters, others in modules:
+        if not any(out[position[key]].is_transferred for key in others):
+            for key in counters:
+                step = out[position[key]]
+                out[position[key]] = Step(key, INIT, step.target_shape, step.target_dtype, method=KEEP_TARGET,
+                                          reason="bookkeeping counter, starts afresh with its module's "
+                                                 "statistics (none of them loads)")
+    return tuple(out)
 
 
 def _match_around_pinned(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec],

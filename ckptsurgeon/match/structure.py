@@ -38,6 +38,8 @@ class StructureMatch:
     pairs: dict[str, tuple[str, str]] = field(default_factory=dict)   # target key -> (source key, strategy)
     ambiguities: list[Ambiguity] = field(default_factory=list)
     ambiguous_sources: set[str] = field(default_factory=set)
+    # modules paired although they changed, whose counters went along: (counter keys, their other keys)
+    counters_to_check: list[tuple[list[str], list[str]]] = field(default_factory=list)
 
 
 class Matcher:
@@ -74,11 +76,15 @@ class Matcher:
         self._pair_own(source, target, strategy)
 
     def _pair_own(self, source: Node, target: Node, strategy: str) -> None:
-        """Own tensors by name (a shape mismatch too: it may be resized), counters with their module."""
+        """Own tensors by name (a shape mismatch too: it may be resized), counters with their module (the
+        planner takes them back where none of the module's other tensors loads)."""
         own = source.tensors
         for leaf in target.tensors:
             if leaf in own:
                 self.result.pairs[target.key(leaf)] = (source.key(leaf), strategy)
+        counters = [target.key(leaf) for leaf in target.counters if leaf in source.counters]
+        if counters and target.shapes:
+            self.result.counters_to_check.append((counters, [target.key(leaf) for leaf in target.shapes]))
 
     def _pair_identical(self, source: Node, target: Node, strategy: str, same_path: bool) -> None:
         self.note_pair(source, target)   # the nodes below pair too, but no later pass needs to know
