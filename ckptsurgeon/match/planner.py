@@ -78,7 +78,8 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     found.pairs.update(_exact_name_floor(rest, free_targets, found))
-    pairs = {t: provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()}
+    pairs = ({t: provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()} if provenance
+             else found.pairs)   # no rule and no move: matching saw the checkpoint's own names
     pairs.update({t: (original, RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
