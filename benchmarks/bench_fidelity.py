@@ -31,7 +31,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-from measure import format_table  # noqa: E402
+from measure import finish, format_table  # noqa: E402
 
 ERRORS: list[str] = []
 CHECKS: list[dict[str, str]] = []
@@ -167,18 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + "\n".join(f"{s.name}: {s.what}" for s in chosen))
     if not args.skip_100k:
         case_plan_100k()
-    print("\nsummary of targets")
-    print(format_table(CHECKS))
-    tally = {s: sum(c["status"] == s for c in CHECKS) for s in ("PASS", "MISS", "FAIL")}
-    print(f"\n{tally['PASS']} PASS, {tally['MISS']} MISS, {tally['FAIL']} FAIL; "
-          f"benchmark took {time.perf_counter() - started:.0f} s")
-    if ERRORS:
-        print(f"\nERROR: {len(ERRORS)} failure(s):", file=sys.stderr)
-        for error in ERRORS:
-            print("\n" + error, file=sys.stderr)
-        return 1
-    return 0
-
+    return finish(CHECKS, ERRORS, started)
 
 if __name__ == "__main__":
     sys.exit(main())

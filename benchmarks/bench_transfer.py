@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from checkpoints import CheckpointSpec, ensure_checkpoint
-from measure import MIB, CommandError, Result, format_table, measure, warm_cache
+from measure import MIB, CommandError, Result, finish, format_table, measure, warm_cache
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -673,19 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plan is not None:
         print("\ncase 3: planning only, in process")
         print(plan_report(plan))
-    print("\nsummary of targets")
-    print(format_table([{"case": c.case, "status": c.status, "target": c.target, "figures": c.figures}
-                        for c in CHECKS]))
-    counts = {s: sum(c.status == s for c in CHECKS) for s in ("PASS", "MISS", "FAIL")}
-    print(f"\n{counts['PASS']} PASS, {counts['MISS']} MISS, {counts['FAIL']} FAIL; "
-          f"benchmark took {time.perf_counter() - started:.0f} s")
-    if ERRORS:
-        print(f"\nERROR: {len(ERRORS)} command(s) or check(s) failed:", file=sys.stderr)
-        for error in ERRORS:
-            print("\n" + error, file=sys.stderr)
-        return 1
-    return 0
-
+    return finish([{"case": c.case, "status": c.status, "target": c.target, "figures": c.figures} for c in CHECKS],
+                  ERRORS, started)
 
 if __name__ == "__main__":
     sys.exit(main())

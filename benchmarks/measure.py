@@ -20,6 +20,7 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -257,3 +258,19 @@ def format_table(rows: Sequence[Mapping[str, object]]) -> str:
     lines = [render(header), render(["-" * w for w in widths])]
     lines.extend(render(line) for line in cells)
     return "\n".join(lines)
+
+
+def finish(checks: Sequence[Mapping[str, object]], errors: Sequence[str], started: float) -> int:
+    """Print the targets' summary table and tally; the exit status: 1 when something failed to run."""
+    print("\nsummary of targets")
+    print(format_table(checks))
+    counts = {s: sum(c["status"] == s for c in checks) for s in ("PASS", "MISS", "FAIL")}
+    print(f"\n{counts['PASS']} PASS, {counts['MISS']} MISS, {counts['FAIL']} FAIL; "
+          f"benchmark took {time.perf_counter() - started:.0f} s")
+    if errors:
+        print(f"\nERROR: {len(errors)} failure(s):", file=sys.stderr)
+        for error in errors:
+            print("\n" + error, file=sys.stderr)
+        return 1
+    return 0
+

@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from safetensors.torch import save_file
 
-import ckptsurgeon.cli.inspect_cmds  # noqa: F401  (registers the commands)
-import ckptsurgeon.cli.transfer_cmd  # noqa: F401
-from ckptsurgeon.cli import cli
 from ckptsurgeon.errors import CheckpointFormatError
 from ckptsurgeon.io import checking, open_checkpoint, verify_checkpoint
+from refusals import assert_refused, run
 
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_refused(result: Result, fragment: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0], (fragment, lines[0])
 
 
 def sharded(folder: Path, shard_names: list[object] | None = None) -> Path:

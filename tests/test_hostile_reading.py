@@ -3,21 +3,17 @@ or read, the same way by the library and every command; nothing a file does outl
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
 
-import ckptsurgeon.cli.inspect_cmds  # noqa: F401  (registers the commands)
 import hostile_corpus as corpus
-from ckptsurgeon.cli import cli
+from refusals import assert_refused, run
 from ckptsurgeon.errors import CheckpointFormatError, LimitError, SurgeonError
 from ckptsurgeon.io import Limits, open_checkpoint
 from ckptsurgeon.io.rebuild import rebuild_parameter
@@ -27,16 +23,6 @@ CASES = corpus.PICKLE_CASES + corpus.SAFETENSORS_CASES
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_refused(result: Result, fragment: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import ckptsurgeon.cli.transfer_cmd  # noqa: F401
 import hostile_corpus as corpus
 from ckptsurgeon.cli import cli
 from ckptsurgeon.errors import OutputError
-from ckptsurgeon.io.writer import atomic_output, remove_stale_temporaries, write_state_dict
+from ckptsurgeon.io.writer import remove_stale_temporaries, write_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
