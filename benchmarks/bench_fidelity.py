@@ -99,19 +99,10 @@ def run_scenario(scenario, directory: Path, show: int) -> dict[str, object]:
 
 
 def case_plan_100k() -> None:
-    from bench_transfer import PLAN_BLOCKS, PLAN_WALL_S, plan_specs, verify_plan
+    from bench_transfer import PLAN_WALL_S, time_plan_100k, verify_plan
     from ckptsurgeon.match import make_plan
 
-    insert_at = PLAN_BLOCKS // 2
-    source, target = plan_specs(PLAN_BLOCKS, None), plan_specs(PLAN_BLOCKS, insert_at)
-    walls, cpus, plan = [], [], None
-    for _ in range(3):
-        plan = None
-        gc.collect()
-        start, cpu = time.perf_counter(), time.process_time()
-        plan = make_plan(source, target)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
+    source, target, insert_at, walls, cpus, plan = time_plan_100k()
     problems = verify_plan(plan, source, target, insert_at)
     best = min(walls)
     print(f"\nmake_plan, {len(source):,} source -> {len(target):,} target keys, one module inserted at "

@@ -542,21 +542,27 @@ def suffix_matrix_match(source: dict, target: dict) -> dict[str, str]:
     return pairs
 
 
-def case_plan() -> dict:
+def time_plan_100k(runs: int = 3) -> tuple[dict, dict, int, list[float], list[float], object]:
+    """Plan 100k keys with one module inserted ``runs`` times: (source, target, insert_at, walls, cpus, plan)."""
     from ckptsurgeon.match import make_plan
 
-    say("case 3: planning only (in process)")
     insert_at = PLAN_BLOCKS // 2
     source = plan_specs(PLAN_BLOCKS, None)
     target = plan_specs(PLAN_BLOCKS, insert_at)
     walls, cpus, plan = [], [], None
-    for _ in range(3):
+    for _ in range(runs):
         plan = None
         gc.collect()
         w0, c0 = time.perf_counter(), time.process_time()
         plan = make_plan(source, target)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
+    return source, target, insert_at, walls, cpus, plan
+
+
+def case_plan() -> dict:
+    say("case 3: planning only (in process)")
+    source, target, insert_at, walls, cpus, plan = time_plan_100k()
     say(f"  make_plan on {len(source):,} -> {len(target):,} keys: wall {', '.join(f'{w:.3f}' for w in walls)} s, "
         f"cpu {', '.join(f'{c:.3f}' for c in cpus)} s")
     problems = verify_plan(plan, source, target, insert_at)
