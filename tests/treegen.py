@@ -23,8 +23,8 @@ are either marked undecidable (where the planner must report an ambiguity) or no
   both (an inserted twin of a module changed in place reads as "the old one kept, the changed one new");
   such a container is undecidable exactly when its signatures have several longest alignments;
 - an inserted module shares no tensor name with a module removed from the same container (that would be
-  the removed module changed in place), and no sub-tree signature with anything removed anywhere (that
-  would be a move);
+  the removed module changed in place), and no sub-tree signature with anything removed, or changed from
+  its old signature, anywhere (that would be a move);
 - a container whose members changed in place must have its true alignment as the only best one (members
   that changed into each other's likeness are not generated);
 - a composite module gets one kind of in-place edit; renaming two identical leaves to unrelated names is
@@ -391,8 +391,10 @@ def violates_rules(edits: Edits) -> str | None:
             return "an inserted module shares tensor names with one removed from the same place"
     added = set().union(*(m.sub_sigs() for mods in edits.inserted.values() for m in mods))
     gone = set().union(*(m.sub_sigs() for mods in edits.removed.values() for m in mods))
+    now = {m.ident: m.sig() for _, m in edits.target.walk()}
+    gone |= {m.sig() for _, m in edits.source.walk() if now.get(m.ident) != m.sig() and m.relative()}
     if added & gone:
-        return "something inserted looks like something removed (a move)"
+        return "something inserted looks like something removed or changed (a move)"
     source_sigs = [m.sig() for _, m in edits.source.walk()]
     target_sigs = [m.sig() for _, m in edits.target.walk()]
     for ident in edits.wrapped:
