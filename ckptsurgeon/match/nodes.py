@@ -2,9 +2,9 @@
 
 ``backbone.dark3.1.cv1.conv.weight`` is the tensor ``weight`` of the node ``backbone.dark3.1.cv1.conv``. A
 node's ``sig`` is its whole-subtree signature (every relative tensor name and shape, bookkeeping counters
-left out), ``own_sig`` that of its own tensors only (what a leaf module is), ``kind`` the signature without
-shapes. ``relative`` and ``bag`` (relative names with shapes, and the shapes alone) are computed on demand,
-for the few nodes that are compared partially.
+left out), ``own_sig`` that of its own tensors only (what a leaf module is). ``relative`` and ``bag``
+(relative names with shapes, and the shapes alone) are computed on demand, for the few nodes that are
+compared partially.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _NO_SHAPES: dict = {}
 
 
 class Node:
-    __slots__ = ("path", "shapes", "counters", "children", "sig", "_kind", "_relative")
+    __slots__ = ("path", "shapes", "counters", "children", "sig", "_relative")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -27,7 +27,6 @@ class Node:
         self.counters: tuple[str, ...] = ()             # own bookkeeping tensors (num_batches_tracked)
         self.children: dict[str, Node] = _NO_CHILDREN
         self.sig = 0
-        self._kind: int | None = None
         self._relative: dict[str, tuple[int, ...]] | None = None
 
     def __repr__(self) -> str:
@@ -53,13 +52,6 @@ class Node:
     @property
     def own_sig(self) -> int:
         return hash(frozenset(self.shapes.items()))
-
-    @property
-    def kind(self) -> int:
-        """"The same kind of module": the signature without shapes."""
-        if self._kind is None:
-            self._kind = hash((frozenset(self.shapes), frozenset((n, c.kind) for n, c in self.children.items())))
-        return self._kind
 
     @property
     def relative(self) -> dict[str, tuple[int, ...]]:

@@ -27,14 +27,6 @@ def moved_name(name: str, move: tuple[str, str]) -> str:
     return added + name[len(removed):] if name.startswith(removed) else name
 
 
-def unmoved_name(name: str, move: tuple[str, str] | None) -> str:
-    """The name a moved key had before the move."""
-    if move is None:
-        return name
-    removed, added = move
-    return removed + name[len(added):] if name.startswith(added) else name
-
-
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
 
 
