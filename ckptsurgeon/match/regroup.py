@@ -13,11 +13,9 @@ decided on whole sub-trees.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from ..plan import REGROUP
 from .nodes import Node
-from .similarity import changed_pairs, similar_pairs
+from .similarity import pair_look_alikes
 from .structure import Matcher
 
 
@@ -53,34 +51,12 @@ def _scope_leaves(scope: Node, paired, taken) -> list[Node]:
 
 
 def _pair_leaves(matcher: Matcher, s_scope: Node, t_scope: Node, s_leaves: list[Node], t_leaves: list[Node]) -> None:
-    by_sig: dict[int, tuple[list[Node], list[Node]]] = defaultdict(lambda: ([], []))
-    for node in s_leaves:
-        by_sig[node.own_sig][0].append(node)
-    for node in t_leaves:
-        if node.own_sig in by_sig:
-            by_sig[node.own_sig][1].append(node)
-    done: set[Node] = set()
-    for s_nodes, t_nodes in by_sig.values():
-        if not t_nodes:
-            continue
-        if len(s_nodes) == len(t_nodes) == 1:
-            matcher.match_leaf(s_nodes[0], t_nodes[0], REGROUP)
-            done.update((s_nodes[0], t_nodes[0]))
-            continue
-        s_by = {node.relative_to(s_scope): node for node in s_nodes}
-        t_by = {node.relative_to(t_scope): node for node in t_nodes}
-        chosen = similar_pairs(list(s_by), list(t_by))
-        for s_name, t_name in chosen:
-            matcher.match_leaf(s_by[s_name], t_by[t_name], REGROUP)
-        s_rest = [node for name, node in s_by.items() if name not in {s for s, _ in chosen}]
-        t_rest = [node for name, node in t_by.items() if name not in {t for _, t in chosen}]
-        done.update(s_by[s] for s, _ in chosen)
-        done.update(t_by[t] for _, t in chosen)
-        if s_rest and t_rest:   # identical leaves left on both sides: nothing tells them apart
-            matcher.unpaired_modules(t_scope.path, s_rest, t_rest)
-            done.update(s_rest + t_rest)
-    # leaves renamed and changed (a projection regrouped and resized): unique best partners
-    s_left = {node.relative_to(s_scope): node for node in s_leaves if node not in done}
-    t_left = {node.relative_to(t_scope): node for node in t_leaves if node not in done}
-    for s_name, t_name in changed_pairs(s_left, t_left, same_shape=True):   # names alone say little here
-        matcher.match_leaf(s_left[s_name], t_left[t_name], REGROUP)
+    """Leaves by their own signature and their names relative to the scope; a renamed and resized one only
+    with a partner sharing a same-shape tensor (names alone say little here)."""
+    s_by = {node.relative_to(s_scope): node for node in s_leaves}
+    t_by = {node.relative_to(t_scope): node for node in t_leaves}
+    pairs, undecided = pair_look_alikes(s_by, t_by, lambda node: node.own_sig, same_shape=True)
+    for s_name, t_name in pairs:
+        matcher.match_leaf(s_by[s_name], t_by[t_name], REGROUP)
+    for s_names, t_names in undecided:
+        matcher.unpaired_modules(t_scope.path, [s_by[n] for n in s_names], [t_by[n] for n in t_names])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Callable
 
 from .nodes import Node
 
@@ -107,3 +108,35 @@ def changed_pairs(s_nodes: dict[str, Node], t_nodes: dict[str, Node], *, same_sh
     s_rest = [s for s in s_nodes if s not in {s for s, _ in chosen}]
     t_rest = [t for t in t_nodes if t not in {t for _, t in chosen}]
     return chosen + [(s, t) for s, t in similar_pairs(s_rest, t_rest) if scores[(s, t)]]
+
+
+def pair_look_alikes(s_nodes: dict[str, Node], t_nodes: dict[str, Node], signature: Callable[[Node], int], *,
+                     same_shape: bool = False) -> tuple[list[tuple[str, str]], list[tuple[list[str], list[str]]]]:
+    """Pair modules saved under other names: a signature unique on both sides; several of one signature only
+    where names clearly say so; the rest by :func:`changed_pairs`. Returns the pairs, and the groups of
+    identical modules that nothing tells apart (left unpaired: the caller says so)."""
+    by_sig: dict[int, tuple[list[str], list[str]]] = {}
+    for name, node in s_nodes.items():
+        by_sig.setdefault(signature(node), ([], []))[0].append(name)
+    for name, node in t_nodes.items():
+        by_sig.setdefault(signature(node), ([], []))[1].append(name)
+    pairs: list[tuple[str, str]] = []
+    undecided: list[tuple[list[str], list[str]]] = []
+    s_done: set[str] = set()
+    t_done: set[str] = set()
+    for s_names, t_names in by_sig.values():
+        if not s_names or not t_names:
+            continue
+        chosen = [(s_names[0], t_names[0])] if len(s_names) == len(t_names) == 1 else similar_pairs(s_names, t_names)
+        pairs += chosen
+        s_done.update(s for s, _ in chosen)
+        t_done.update(t for _, t in chosen)
+        s_rest = [n for n in s_names if n not in s_done]
+        t_rest = [n for n in t_names if n not in t_done]
+        if s_rest and t_rest:
+            undecided.append((s_rest, t_rest))
+            s_done.update(s_rest)
+            t_done.update(t_rest)
+    pairs += changed_pairs({n: c for n, c in s_nodes.items() if n not in s_done},
+                           {n: c for n, c in t_nodes.items() if n not in t_done}, same_shape=same_shape)
+    return pairs, undecided

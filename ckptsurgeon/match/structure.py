@@ -30,7 +30,7 @@ from ..plan import ALIGN, SIGNATURE, Ambiguity
 from ..specs import TensorSpec
 from .align import align_modules, gaps
 from .nodes import Node, build_tree
-from .similarity import PARTIAL_MAX, changed_pairs, partial_weight, similar_pairs
+from .similarity import PARTIAL_MAX, pair_look_alikes, partial_weight
 
 
 @dataclass
@@ -144,38 +144,15 @@ class Matcher:
             self.result.ambiguous_sources.update(s_seq[i][1].keys())
 
     def _pair_renamed(self, s_left: dict[str, Node], t_left: dict[str, Node], parent: Node) -> None:
-        """Siblings saved under other names: a signature unique on both sides pairs them; several of the same
-        signature pair only where names clearly say so (otherwise nothing loads there and we say why); the
-        rest pair with a unique best partner among those that share tensor names (changed in place)."""
+        """Siblings saved under other names (see :func:`pair_look_alikes`); identical ones nothing tells apart
+        load nothing, and the report says why."""
         if not s_left or not t_left:
             return
-        by_sig: dict[int, tuple[list[str], list[str]]] = {}
-        for name, node in s_left.items():
-            by_sig.setdefault(node.sig, ([], []))[0].append(name)
-        for name, node in t_left.items():
-            by_sig.setdefault(node.sig, ([], []))[1].append(name)
-        s_done, t_done = set(), set()
-        for s_names, t_names in by_sig.values():
-            if not s_names or not t_names:
-                continue
-            chosen = [(s_names[0], t_names[0])] if len(s_names) == len(t_names) == 1 else similar_pairs(s_names, t_names)
-            for s_name, t_name in chosen:
-                self.match(s_left[s_name], t_left[t_name], SIGNATURE)
-            s_done.update(s for s, _ in chosen)
-            t_done.update(t for _, t in chosen)
-            s_rest = [n for n in s_names if n not in s_done]
-            t_rest = [n for n in t_names if n not in t_done]
-            if s_rest and t_rest:   # identical modules left on both sides: nothing tells them apart
-                self.unpaired_modules(parent.path, [s_left[n] for n in s_rest], [t_left[n] for n in t_rest])
-                s_done.update(s_rest)
-                t_done.update(t_rest)
-        self._pair_changed({n: c for n, c in s_left.items() if n not in s_done},
-                           {n: c for n, c in t_left.items() if n not in t_done})
-
-    def _pair_changed(self, s_left: dict[str, Node], t_left: dict[str, Node]) -> None:
-        """Renamed siblings that also changed inside."""
-        for s, t in changed_pairs(s_left, t_left):
-            self.match(s_left[s], t_left[t], SIGNATURE)
+        pairs, undecided = pair_look_alikes(s_left, t_left, lambda node: node.sig)
+        for s_name, t_name in pairs:
+            self.match(s_left[s_name], t_left[t_name], SIGNATURE)
+        for s_names, t_names in undecided:
+            self.unpaired_modules(parent.path, [s_left[n] for n in s_names], [t_left[n] for n in t_names])
 
     def unpaired_modules(self, where: str, s_nodes: list[Node], t_nodes: list[Node]) -> None:
         """Identical modules that nothing tells apart: nothing loads into them; the renames say how to."""
