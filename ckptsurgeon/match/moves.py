@@ -97,7 +97,7 @@ def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_roo
             continue
         if len(s_nodes) != s_all[sig] or len(t_nodes) != t_all[sig]:
             # identical modules stayed matched elsewhere: only a wrapper around the same path says these moved
-            chosen = _same_name(s_nodes, t_nodes)
+            chosen = _under_a_wrapper(s_nodes, t_nodes)
         elif len(s_nodes) == len(t_nodes) == 1:
             chosen = [(s_nodes[0], t_nodes[0])]
         else:
@@ -111,7 +111,7 @@ def _move_unique_subtrees(matcher: Matcher, free: Leftovers, s_root: Node, t_roo
             free.moved.append((s_node.path, t_node.path))
 
 
-def _same_name(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:
+def _under_a_wrapper(s_nodes: list[Node], t_nodes: list[Node]) -> list[tuple[Node, Node]]:
     """Pairs where one path is the other under a wrapper (``conv_for_P5`` -> ``model.conv_for_P5``), each
     source and target in one such pair only."""
     pairs = [(s, t) for s in s_nodes for t in t_nodes

@@ -60,9 +60,8 @@ def _check_depth(specs: Mapping[str, TensorSpec], side: str) -> None:
     if max(map(str.count, specs, itertools.repeat(".")), default=0) <= MAX_DEPTH:
         return
     deepest = max(specs, key=lambda name: name.count("."))
-    if deepest.count(".") > MAX_DEPTH:
-        raise MappingError(f"{side} key {deepest[:80]!r}... is {deepest.count('.')} modules deep; planning follows "
-                           f"at most {MAX_DEPTH} levels (a name like that is damaged or hostile, not a model)")
+    raise MappingError(f"{side} key {deepest[:80]!r}... is {deepest.count('.')} modules deep; planning follows "
+                       f"at most {MAX_DEPTH} levels (a name like that is damaged or hostile, not a model)")
 
 
 def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], options: PlanOptions,
