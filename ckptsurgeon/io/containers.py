@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..errors import CheckpointFormatError, ContainerError
 from .limits import Budget
 from .refs import TensorRef
-from .unpickler import Stub
+from .standins import Stub
 
 # Chosen first to last; anything else found comes after, in file order.
 PREFERRED_CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net", "network",
@@ -114,7 +114,7 @@ def _collect_own(module: Any, prefix: str, out: dict[str, Any], budget: Budget) 
     return [(name, child) for name, child in modules.items() if child is not None and is_module_like(child)]
 
 
-def _mapping(value: Any) -> Mapping:
+def _mapping(value: Any) -> Mapping[Any, Any]:
     return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
@@ -160,10 +160,10 @@ def _walk(value: Any, path: str, depth: int, budget: Budget, seen: dict[int, Any
         value = value.__dict__["_stub_items"]  # a dict subclass from an unknown module: its items
     if isinstance(value, Mapping):
         budget.visit(len(value))
-    tensors = _as_state_dict(value)
-    if tensors is not None:
-        seen[key] = ("state_dict", tensors)
-        yield Candidate(path, "state_dict", tensors)
+    state_dict = _as_state_dict(value)
+    if state_dict is not None:
+        seen[key] = ("state_dict", state_dict)
+        yield Candidate(path, "state_dict", state_dict)
         return
     if not isinstance(value, Mapping) or depth >= MAX_DEPTH:
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import cast
 
 from ..errors import LimitError
 
@@ -38,7 +39,8 @@ class Limits:
             try:
                 values[field.name] = int(text.replace("_", ""))
             except ValueError:
-                raise LimitError(f"{name}={text!r}: expected a whole number, e.g. {name}={field.default * 4}") from None
+                example = cast(int, field.default) * 4   # every limit is an int with a default
+                raise LimitError(f"{name}={text!r}: expected a whole number, e.g. {name}={example}") from None
         return cls(**values)
 
 

@@ -27,7 +27,7 @@ def numpy_global(name: str, budget: Budget | None) -> Callable[..., Any]:
     except ImportError:  # numpy < 2
         from numpy.core import multiarray  # type: ignore[no-redef]
 
-    table: dict[str, Any] = {
+    table: dict[str, Callable[..., Any]] = {
         "_reconstruct": _guard_reconstruct(multiarray._reconstruct, _filled_array_class(np, budget)),
         "_frombuffer": _guard_frombuffer(np),
         "scalar": lambda dtype, *data: multiarray.scalar(_real_dtype(dtype, np), *data),

@@ -21,11 +21,11 @@ _LENGTH_WIDTH = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARG
                  pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
 
 
-def _tables() -> tuple[re.Pattern[bytes], dict[int, object]]:
+def _tables() -> tuple[re.Pattern[bytes], dict[int, str | int]]:
     """A pattern for runs of fixed-size opcodes that need no look (not STOP, not LONG_BINPUT), and for every
     other opcode how its argument ends: "line", "two lines", or the width of its length prefix."""
     fixed: dict[int, list[int]] = {}
-    other: dict[int, object] = {}
+    other: dict[int, str | int] = {}
     for op in pickletools.opcodes:
         code, arg = ord(op.code), op.arg
         if arg is not None and arg.name == "stringnl_noescape_pair":
@@ -57,7 +57,9 @@ def check_pickle(data: Any, start: int, path: str, *, end: int | None = None) ->
     end = len(data) if end is None else min(end, len(data))
     at, skip, number = start, _RUN.match, int.from_bytes
     while at < end:   # a length past the end (however large) ends the walk: refused below
-        at = skip(data, at, end).end()
+        run = skip(data, at, end)
+        assert run is not None   # a starred pattern matches, if only the empty run
+        at = run.end()
         if at >= end:
             break
         code = data[at]
@@ -70,7 +72,7 @@ def check_pickle(data: Any, start: int, path: str, *, end: int | None = None) ->
         if code == _LONG_BINPUT:
             _check_memo(number(data[at:at + 4], "little"), at - start, path)
             at += 4
-        elif how == "line" or how == "two lines":
+        elif isinstance(how, str):   # "line" or "two lines"
             newline = data.find(b"\n", at)
             if how == "two lines" and newline >= 0:
                 newline = data.find(b"\n", newline + 1)

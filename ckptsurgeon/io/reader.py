@@ -114,7 +114,7 @@ class Checkpoint(Mapping[str, Any]):
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, trust: bool = False,
+def open_checkpoint(path: str | os.PathLike[str], *, container: str | None = None, trust: bool = False,
                     check: bool | None = None, limits: Limits | None = None) -> Checkpoint:
     """Open any supported checkpoint: torch zip or legacy (.pt/.pth/.bin/...), pickle (.pkl),
     safetensors, or a sharded folder / ``*.index.json``.
@@ -138,13 +138,13 @@ def open_checkpoint(path: str | os.PathLike, *, container: str | None = None, tr
         return _open_pickled(path, kind, container, trust, check, limits)
 
 
-def read_specs(path: str | os.PathLike, **options: Any) -> tuple[dict[str, TensorSpec], CheckpointInfo]:
+def read_specs(path: str | os.PathLike[str], **options: Any) -> tuple[dict[str, TensorSpec], CheckpointInfo]:
     """Names, shapes and dtypes only; no tensor data is read."""
     with open_checkpoint(path, **options) as checkpoint:
         return dict(checkpoint.specs), checkpoint.info
 
 
-def verify_checkpoint(path: str | os.PathLike, **options: Any) -> int:
+def verify_checkpoint(path: str | os.PathLike[str], **options: Any) -> int:
     """Check the CRC-32 of every record of a torch zip checkpoint (or of every shard); returns how many
     records were checked (0 for formats without checksums). Reads all tensor bytes once."""
     with open_checkpoint(path, **options) as checkpoint:
@@ -249,13 +249,14 @@ def _open_safetensors(path: str, container: str | None, limits: Limits) -> Check
     return Checkpoint(tensors, parsed.records, info)
 
 
-def _checked_extents(values: dict[str, Any], records: RecordStore) -> dict[str, Any]:
+def _checked_extents(values: dict[str, Any], records: MappedRecords) -> dict[str, Any]:
     """Refuse tensors whose bytes lie outside their record, or whose record is not a whole number of elements
     (a truncated or damaged file), so that every command agrees with ``inspect`` and reading cannot fail half-way.
     Metadata only: no tensor data is read."""
-    if not getattr(records, "spans_loaded", False):
+    if not records.spans_loaded:
         return values   # a torch zip: its storages were checked against their records as they were read
     sizes = records.sizes
+    assert sizes is not None   # known once the spans are
     for name, value in values.items():
         if not isinstance(value, TensorRef):
             continue

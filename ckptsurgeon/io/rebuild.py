@@ -32,7 +32,8 @@ def _whole_numbers(values: Any) -> bool:
 _INT_ONLY = {int}
 
 
-def _checked_geometry(storage: StorageRef, offset: Any, size: Any, stride: Any, dtype: str) -> tuple[tuple, tuple]:
+def _checked_geometry(storage: StorageRef, offset: Any, size: Any, stride: Any, dtype: str
+                      ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shape, stride and offset as torch would accept them, inside their storage (no tensor data read)."""
     if type(offset) is not int or offset < 0:
         raise refuse_geometry("storage offset", offset)

@@ -49,7 +49,7 @@ def read_safetensors_header(path: str, *, max_header: int = MAX_HEADER) -> Safet
     return SafetensorsFile(path, refs, metadata, MappedRecords(path, spans))
 
 
-def _parse_header(raw: bytes, path: str) -> dict:
+def _parse_header(raw: bytes, path: str) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_compact_entry, parse_constant=_no_constant,
                             parse_int=_unsigned)
@@ -97,7 +97,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 class _Entry(NamedTuple):
     dtype: str
-    shape: tuple
+    shape: tuple[Any, ...]   # checked to be whole numbers by _parse_entries
     begin: Any
     end: Any
 
@@ -107,9 +107,7 @@ def _compact_entry(pairs: list[tuple[str, Any]]) -> Any:
     would cost tens of MB more at the peak); a repeated key is refused, as the safetensors library does."""
     entry = dict(pairs)
     if len(entry) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"duplicate key {_short(duplicate)}")
+        raise ValueError(f"duplicate key {_short(_first_repeat(key for key, _ in pairs))}")
     if len(pairs) == 3:
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if "dtype" in entry and isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2:
@@ -117,7 +115,16 @@ def _compact_entry(pairs: list[tuple[str, Any]]) -> Any:
     return entry
 
 
-def _parse_entries(header: dict, data_start: int, size: int, path: str
+def _first_repeat(keys: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def _parse_entries(header: dict[str, Any], data_start: int, size: int, path: str
                    ) -> tuple[dict[str, TensorRef], dict[str, tuple[int, int]]]:
     """Every entry checked against the file (sizes agree, bytes inside it), so reading cannot fail later."""
     refs: dict[str, TensorRef] = {}
@@ -145,7 +152,7 @@ def _parse_entries(header: dict, data_start: int, size: int, path: str
     return refs, spans
 
 
-def _numel(shape: tuple, path: str, name: str) -> int:
+def _numel(shape: tuple[int, ...], path: str, name: str) -> int:
     numel = 1
     for dim in shape:   # the library multiplies left to right in 64 bits and refuses any overflow
         numel *= dim
@@ -188,8 +195,9 @@ def build_header(specs: Iterable[TensorSpec], metadata: dict[str, str] | None) -
     """The padded header for tensors written in the given order."""
     header: dict[str, object] = {}
     if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-        bad = next((k for k, v in header["__metadata__"].items() if not (_utf8(k) and _utf8(v))), None)
+        texts = {str(k): str(v) for k, v in metadata.items()}
+        header["__metadata__"] = texts
+        bad = next((k for k, v in texts.items() if not (_utf8(k) and _utf8(v))), None)
         if bad is not None:
             raise CheckpointFormatError(f"metadata {_short(bad)}: not valid UTF-8 (a lone surrogate); safetensors "
                                         f"readers would refuse the file")

@@ -55,7 +55,7 @@ def shard_path(index_path: str, shard: object) -> str:
     return path
 
 
-def checkpoint_files(path: str | os.PathLike) -> list[str]:
+def checkpoint_files(path: str | os.PathLike[str]) -> list[str]:
     """Every file a checkpoint consists of: the file itself, or a folder's index and shards (or its one file).
 
     Reads only the index; used to refuse outputs that would overwrite any of them.

@@ -12,7 +12,7 @@ from ..specs import STORAGE_DTYPE
 from .limits import Budget
 
 
-class PlainOrderedDict(dict):
+class PlainOrderedDict(dict[Any, Any]):
     """Stands for ``collections.OrderedDict``: insertion-ordered too, and smaller (a pickled tensor carries one
     for its hooks, so 100k tensors make 100k of them); takes attributes such as a state dict's ``_metadata``."""
 
@@ -84,7 +84,7 @@ def _charge(budget: Budget | None, state: Any) -> None:
         budget.build(1 + (len(state) if isinstance(state, (tuple, list, dict, set, frozenset)) else 0))
 
 
-def _set_state(target: dict, state: Any) -> bool:
+def _set_state(target: dict[str, Any], state: Any) -> bool:
     """What pickle's BUILD does to an instance dict (state dict, or (state, slots)); False if not of that form."""
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
         state, slots = state
@@ -100,6 +100,9 @@ class Allowed:
     BUILD (``__setstate__``) or attribute writes can never reach the function or class behind it."""
 
     __slots__ = ("name", "func", "budget")
+    name: str
+    func: Callable[..., Any]
+    budget: Budget | None
 
     def __init__(self, name: str, func: Callable[..., Any], budget: Budget | None) -> None:
         object.__setattr__(self, "name", name)

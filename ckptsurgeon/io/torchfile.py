@@ -125,6 +125,7 @@ def read_torch_legacy(path: str, budget: Budget, *, check: bool = False) -> Unpi
                                   budget=budget)
         obj = _load(unpickler, path)
         keys = _load(SafeUnpickler(scanned.at(handle), budget=budget), path)
+        assert unpickler.storages is not None   # remember_storages=True
         spans = _legacy_spans(handle, keys, unpickler.storages, path)
     return Unpickled(obj, MappedRecords(path, spans), unpickler.stubbed)
 

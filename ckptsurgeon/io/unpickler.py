@@ -14,10 +14,9 @@ constructor charges what it builds and allocates to the reader's :class:`~ckptsu
 from __future__ import annotations
 
 import _compat_pickle
-import io
 import pickle
 import warnings
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from ..errors import CheckpointFormatError
 from ..specs import ELEMENT_SIZE
@@ -26,6 +25,7 @@ from .rebuild import CURRENT_PATH, rebuild_from_type, rebuild_parameter, rebuild
 from .refs import StorageRef
 from .standins import (Allowed, DtypeName, PlainOrderedDict, StorageType, Stub,  # noqa: F401  (re-exported)
                        direct, short_repr)
+from .ziparchive import RecordSizes
 
 
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
@@ -111,8 +111,8 @@ class SafeUnpickler(pickle.Unpickler):
             ``None`` for plain pickles (which then may not carry persistent ids).
     """
 
-    def __init__(self, file: io.BufferedIOBase, storage_key: Callable[[tuple], str] | None = None, *,
-                 remember_storages: bool = False, record_sizes: dict[str, int] | None = None,
+    def __init__(self, file: IO[bytes], storage_key: Callable[[tuple[Any, ...]], str] | None = None, *,
+                 remember_storages: bool = False, record_sizes: RecordSizes | None = None,
                  budget: Budget | None = None) -> None:
         super().__init__(file, encoding="latin1")
         self._storage_key = storage_key
@@ -164,9 +164,9 @@ class SafeUnpickler(pickle.Unpickler):
             self._stub_classes[qualname] = type(short, (Stub,), {"stub_global": qualname, "_budget": self.budget})
         return self._stub_classes[qualname]
 
-    def _check_record(self, storage: StorageRef) -> None:
+    def _check_record(self, storage: StorageRef, record_sizes: RecordSizes) -> None:
         """A zip record must be exactly as long as the storage the pickle declares, as torch writes them."""
-        size = self._record_sizes.get(storage.key)
+        size = record_sizes.get(storage.key)
         path = self.budget.path if self.budget is not None else "<pickle>"
         if size is None:
             raise CheckpointFormatError(f"{path}: the pickle refers to storage record data/{storage.key}, which is "
@@ -190,7 +190,7 @@ class SafeUnpickler(pickle.Unpickler):
         dtype = storage_type.dtype if isinstance(storage_type, StorageType) else "uint8"
         ref = StorageRef(self._storage_key(pid), dtype, numel)
         if self._record_sizes is not None:
-            self._check_record(ref)
+            self._check_record(ref, self._record_sizes)
         if self.storages is not None:
             known = self.storages.get(ref.key)   # a damaged pickle may declare one record twice: keep the larger
             if known is None or _nbytes(known) < _nbytes(ref):

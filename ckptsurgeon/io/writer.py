@@ -25,7 +25,7 @@ OUTPUT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 TEMP_PREFIX = ".ckptsurgeon-"
 
 
-def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """The same file: by name, or by identity (``os.path.samefile``: links, hard links) when both exist."""
     if os.path.abspath(a) == os.path.abspath(b):
         return True
@@ -35,8 +35,8 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def check_output_path(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
-                      formats: tuple[str, ...] = OUTPUT_EXTENSIONS) -> str:
+def check_output_path(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                      force: bool = False, formats: tuple[str, ...] = OUTPUT_EXTENSIONS) -> str:
     """Refuse an output that would overwrite an input (by identity), an existing file without ``force``, a
     folder, a missing or read-only folder, or an unknown format; returns the path as str. Runs before any work."""
     path = os.fspath(path)
@@ -86,8 +86,8 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
         raise
 
 
-def check_report_paths(reports: Iterable[str | os.PathLike | None], *, inputs: Iterable[str | os.PathLike] = (),
-                       out: str | os.PathLike | None = None) -> None:
+def check_report_paths(reports: Iterable[str | os.PathLike[str] | None], *,
+                       inputs: Iterable[str | os.PathLike[str]] = (), out: str | os.PathLike[str] | None = None) -> None:
     """Every report path checked before any work: not an input, OUT or another report, in a writable folder."""
     taken = [os.fspath(p) for p in inputs] + ([os.fspath(out)] if out else [])
     for report in (os.fspath(r) for r in reports if r):
@@ -98,7 +98,7 @@ def check_report_paths(reports: Iterable[str | os.PathLike | None], *, inputs: I
         taken.append(report)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """A text file (a report) written whole or not at all, like every other output."""
     with atomic_output(os.fspath(path)) as handle:
         handle.write(text.encode("utf-8", "backslashreplace"))
@@ -173,7 +173,7 @@ def _removed_on_signal(temp: str | None) -> Iterator[None]:
 
 def remove_stale_temporaries(folder: str) -> list[str]:
     """Remove ``.ckptsurgeon-<pid>-*.tmp`` files in ``folder`` left by processes that no longer run."""
-    removed = []
+    removed: list[str] = []
     try:
         names = [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX) and n.endswith(".tmp")]
     except OSError:
@@ -217,8 +217,9 @@ def tensor_bytes(tensor: Any) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
-def write_state_dict(path: str | os.PathLike, tensors: Mapping[str, Any], *, metadata: Mapping[str, str] | None = None,
-                     inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> str:
+def write_state_dict(path: str | os.PathLike[str], tensors: Mapping[str, Any], *,
+                     metadata: Mapping[str, str] | None = None, inputs: Iterable[str | os.PathLike[str]] = (),
+                     force: bool = False) -> str:
     """Write ``tensors`` (name -> torch tensor) to ``path``, atomically; the format follows the extension."""
     path = check_output_path(path, inputs=inputs, force=force)
     specs = [spec_of(name, tensor) for name, tensor in tensors.items()]
@@ -269,7 +270,8 @@ def _torch_save(state: dict[str, Any], handle: BinaryIO, path: str) -> None:
 
     watched = _WatchedWrites(handle)
     try:
-        torch.save(state, watched)
+        # torch.save documents any object with write and flush; its FileLike hint asks for IO[bytes].
+        torch.save(state, watched)  # type: ignore[arg-type]
     except RuntimeError as exc:
         if watched.error is None:
             raise

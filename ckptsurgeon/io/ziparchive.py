@@ -10,7 +10,7 @@ from __future__ import annotations
 import array
 import mmap
 import struct
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 from ..errors import CheckpointFormatError
 
@@ -66,7 +66,7 @@ class ZipArchive:
         fields = _EOCD64.unpack_from(self.map, record)
         return fields[9], fields[8], fields[7]
 
-    def entries(self, limit: int | None = None):
+    def entries(self, limit: int | None = None) -> Iterator[Entry]:
         """Central-directory entries in order (the first ``limit`` of them)."""
         at, end, seen = self.cd_offset, self.cd_offset + self.cd_size, 0
         while at + _CENTRAL.size <= end and (limit is None or seen < limit):
@@ -114,7 +114,8 @@ class ZipArchive:
         fields = _LOCAL.unpack_from(self.map, entry.header_offset)
         if fields[0] != b"PK\x03\x04":
             raise CheckpointFormatError(f"{self.path}: damaged local header for {entry.name}")
-        return entry.header_offset + _LOCAL.size + fields[9] + fields[10]
+        name_and_extra: int = fields[9] + fields[10]
+        return entry.header_offset + _LOCAL.size + name_and_extra
 
     def stream(self, entry: Entry) -> BinaryIO:
         """A file positioned at an entry's bytes (a pickle reads only what it needs: no copy of it all)."""
@@ -163,7 +164,7 @@ class RecordSizes:
         return self.named.get(key)
 
 
-def _zip64_extra(extra: bytes, fields: tuple) -> tuple[int, int]:
+def _zip64_extra(extra: bytes, fields: tuple[Any, ...]) -> tuple[int, int]:
     size, offset = fields[9], fields[16]
     at = 0
     while at + 4 <= len(extra):
