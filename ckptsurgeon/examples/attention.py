@@ -36,7 +36,7 @@ class SEBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.fc(x.mean(dim=(2, 3)))
+        gate: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
         return x * gate[:, :, None, None]
 
 
@@ -88,7 +88,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial(self.channel(x))
+        gated: torch.Tensor = self.spatial(self.channel(x))
+        return gated
 
 
 class ECA(nn.Module):

@@ -104,7 +104,8 @@ class MP(nn.Module):
         self.m = nn.MaxPool2d(k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
+        y: torch.Tensor = self.m(x)
+        return y
 
 
 class ImplicitA(nn.Module):
@@ -136,6 +137,9 @@ class IDetect(nn.Module):
 
     Returns one (B, anchors, H, W, 5 + classes) map per level.
     """
+
+    anchors: torch.Tensor       # buffers, registered in __init__
+    anchor_grid: torch.Tensor
 
     def __init__(self, num_classes: int, anchors: Sequence[Sequence[int]], ch: Sequence[int]) -> None:
         super().__init__()
@@ -172,7 +176,7 @@ def resolve_layers(cfg: Sequence[LayerSpec]) -> list[Layer]:
     layers = []
     for i, (src, name, args) in enumerate(cfg):
         many = not isinstance(src, int)
-        refs = list(src) if many else [src]
+        refs = [src] if isinstance(src, int) else list(src)
         layers.append(Layer(tuple(i + j if j < 0 else j for j in refs), many, name, tuple(args)))
     return layers
 
@@ -253,7 +257,8 @@ class Model(nn.Module):
         for i, layer in enumerate(layers):
             c_ins = [ch if j < 0 else channels[j] for j in layer.sources]
             module, c_out = build_module(layer, c_ins, width, num_classes, anchors)
-            module.i, module.f = i, list(layer.sources) if layer.many else layer.sources[0]
+            # nn.Module.__setattr__ stores any value; its hint names only tensors and modules
+            module.i, module.f = i, list(layer.sources) if layer.many else layer.sources[0]  # type: ignore[assignment]
             modules.append(module)
             channels.append(c_out)
         self.model = nn.Sequential(*modules)
@@ -262,6 +267,7 @@ class Model(nn.Module):
     def _scale_anchors(self, ch: int, size: int = 64) -> None:
         """Measure each level's stride with one probe forward; store anchors in grid cells."""
         detect = self.model[-1]
+        assert isinstance(detect, IDetect)   # build_module makes the spec's last layer the head
         probe = torch.zeros(1, ch, size, size, device=detect.anchors.device)
         was_training = self.training
         self.eval()  # keep BatchNorm running stats untouched
@@ -273,9 +279,19 @@ class Model(nn.Module):
         detect.anchors /= self.stride.view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor | list[torch.Tensor]] = []
         for module in self.model:
-            sources = module.f if isinstance(module.f, list) else [module.f]
+            f = _layer_from(module)
+            sources = f if isinstance(f, list) else [f]
             inputs = [x if j < 0 else outputs[j] for j in sources]
-            outputs.append(module(inputs if isinstance(module.f, list) else inputs[0]))
-        return outputs[-1]
+            outputs.append(module(inputs if isinstance(f, list) else inputs[0]))
+        maps = outputs[-1]
+        assert isinstance(maps, list)   # the last layer is the IDetect head: one map per level
+        return maps
+
+
+def _layer_from(module: nn.Module) -> int | list[int]:
+    """The ``f`` (from) that Model sets on each layer, as the official code does."""
+    # a plain attribute: nn.Module.__getattr__'s hint (tensors and modules) does not cover it
+    sources: int | list[int] = getattr(module, "f")
+    return sources

@@ -34,7 +34,8 @@ class Conv(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        y: torch.Tensor = self.act(self.bn(self.conv(x)))
+        return y
 
 
 class MultiConcatBlock(nn.Module):
@@ -59,7 +60,8 @@ class MultiConcatBlock(nn.Module):
         for conv in self.cv3:
             x2 = conv(x2)
             outputs.append(x2)
-        return self.cv4(torch.cat([outputs[i] for i in self.ids], dim=1))
+        y: torch.Tensor = self.cv4(torch.cat([outputs[i] for i in self.ids], dim=1))
+        return y
 
 
 class TransitionBlock(nn.Module):
@@ -93,7 +95,8 @@ class SPPCSPC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.cv4(self.cv3(self.cv1(x)))
         pooled = self.cv6(self.cv5(torch.cat([x1] + [pool(x1) for pool in self.m], dim=1)))
-        return self.cv7(torch.cat([pooled, self.cv2(x)], dim=1))
+        y: torch.Tensor = self.cv7(torch.cat([pooled, self.cv2(x)], dim=1))
+        return y
 
 
 class RepConv(nn.Module):
@@ -112,7 +115,8 @@ class RepConv(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.rbr_dense(x) + self.rbr_1x1(x))
+        y: torch.Tensor = self.act(self.rbr_dense(x) + self.rbr_1x1(x))
+        return y
 
 
 def elan_stage(c_in: int, c_trans: int, c_hidden: int, c_out: int) -> list[nn.Module]:
