@@ -79,30 +79,11 @@ def apply_to_model(plan: Plan, source: Mapping[str, Any], model: Any, *, seed: i
     # assign=True makes these tensors the model's own: copies, so that training the model never writes
     # into the source (a caller's state dict, or the checkpoint's memory map). assign also unties tied
     # weights, so they are tied again afterwards.
+    from .model.tied import retie, tied_groups
+
     tied = tied_groups(model)
     model.load_state_dict({name: tensor.clone() for name, tensor in new_state.items()}, strict=True, assign=True)
-    _retie(model, tied)
-
-
-def _retie(model: Any, groups: list[list[str]]) -> None:
-    """Register one tensor under every name of each tied group again (the last one, as in-place loading
-    leaves the value last written)."""
-    for names in groups:
-        *_, last = names
-        prefix, _, leaf = last.rpartition(".")
-        shared = getattr(model.get_submodule(prefix), leaf)
-        for name in names[:-1]:
-            prefix, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(prefix), leaf, shared)
-
-
-def tied_groups(model: Any) -> list[list[str]]:
-    """Names under which one parameter or buffer is registered more than once (tied weights)."""
-    by_id: dict[int, list[str]] = {}
-    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + \
-            list(model.named_buffers(remove_duplicate=False)):
-        by_id.setdefault(id(tensor), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
+    retie(model, tied)
 
 
 def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int | None = None,

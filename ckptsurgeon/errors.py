@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SurgeonError(Exception):
     """Base class: anything the user can act on. The CLI prints it as one line and exits 2."""
@@ -38,9 +40,11 @@ class OutputError(SurgeonError):
 
 
 class GateFailed(SurgeonError):
-    """A ``--strict`` or ``--min-coverage`` gate failed; reports are written, the output is not."""
+    """A ``--strict`` or ``--min-coverage`` gate failed; reports are written, the output is not.
+    ``report`` is the transfer's Report (the plan that failed), set where the gate is checked."""
 
     exit_code = 3
+    report: Any = None
 
 
 class LimitError(CheckpointFormatError):

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from .errors import MappingError
 from .io import CheckpointInfo, open_checkpoint
-from .specs import TensorSpec, format_shape, spec_of
+from .specs import TensorSpec, format_shape
 
 
 class TensorRow(NamedTuple):
@@ -92,20 +92,3 @@ def _checkpoint_row(checkpoint: Any, name: str) -> TensorRow:
     is_param = checkpoint.is_parameter(name)
     kind = None if is_param is None else ("parameter" if is_param else "buffer")
     return TensorRow(checkpoint.specs[name], kind, checkpoint.requires_grad(name))
-
-
-def inspect_model(model: Any, *, pattern: str | None = None, regex: bool = False, label: str = "model") -> Inspection:
-    """Inspect a live ``nn.Module``: its state dict (parameters and persistent buffers) with ``requires_grad``."""
-    import torch
-
-    keep = name_filter(pattern, regex=regex)
-    state = model.state_dict(keep_vars=True)
-    rows = []
-    for name, value in state.items():
-        if not keep(name):
-            continue
-        is_param = isinstance(value, torch.nn.Parameter)
-        rows.append(TensorRow(spec_of(name, value), "parameter" if is_param else "buffer",
-                              bool(value.requires_grad) if is_param else None))
-    specs = [row.spec for row in rows]
-    return Inspection(label, tuple(rows), len(state), None, pattern, tuple(degenerate_warnings(specs)))

@@ -153,3 +153,29 @@ class FreezeOptions:
             raise OptionError(f"BatchNorm policy {self.batchnorm!r}: expected one of {', '.join(BATCHNORM_POLICIES)}")
         if self.mode not in FREEZE_MODES:
             raise OptionError(f"freeze mode {self.mode!r}: expected one of {', '.join(FREEZE_MODES)}")
+
+
+@dataclass(frozen=True)
+class RecipeOrigin:
+    """The recipe file options were read from, as reports record it."""
+
+    path: str
+    sha256: str
+
+
+def layered(base: TransferOptions, *, rename: tuple[str | tuple[str, str], ...] = (), resize: tuple[str, ...] = (),
+            init: tuple[str, ...] = (), copy: tuple[str, ...] = (), disable: tuple[str, ...] = (),
+            order_fallback: bool = False, seed: int | None = None, container: str | None = None,
+            trust: bool = False, strict: bool = False, allow_unused: tuple[str, ...] = (),
+            allow_new: tuple[str, ...] = (), min_coverage: float | None = None) -> TransferOptions:
+    """Options given directly (CLI flags, library arguments) over ``base`` (a recipe's): their rules are tried
+    first, their single values replace the base's where given (a flag that is off leaves the base's value)."""
+    plan, gates = base.plan, base.gates
+    return TransferOptions(
+        PlanOptions(rename + plan.rename, resize + plan.resize, init + plan.init,
+                    order_fallback or plan.order_fallback, plan.seed if seed is None else seed,
+                    copy + plan.copy, tuple(dict.fromkeys(disable + plan.disable))),
+        base.container if container is None else container,
+        trust or base.trust,
+        Gates(strict or gates.strict, allow_unused + gates.allow_unused, allow_new + gates.allow_new,
+              gates.min_coverage if min_coverage is None else min_coverage))

@@ -7,7 +7,10 @@ one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
+
+# re-exported: a plan records its options, and its readers use the seed default
+from .options import DEFAULT_SEED as DEFAULT_SEED, PlanOptions as PlanOptions
 
 # Step actions
 COPY = "copy"        # the source tensor as is (cast to the target dtype if they differ)
@@ -24,6 +27,7 @@ ORDER = "order"            # the opt-in order-based fallback
 MOVE = "move"              # a sub-tree found elsewhere in the model (a backbone under a new wrapper)
 REGROUP = "regroup"        # leaf modules regrouped under new parents inside two paired modules
 TIED = "tied"              # a target key tied to another target key that got this source
+COPY_RULE = "copy-rule"    # a --copy rule: one source sub-tree feeding one or several target sub-trees
 
 # Reasons a source key is unused
 NO_MATCH = "no match"
@@ -32,7 +36,6 @@ AMBIGUOUS = "ambiguous"
 DROPPED = "dropped by rule"
 
 KEEP_TARGET = "target"    # init method: keep whatever the target's constructor produced
-DEFAULT_SEED = 0          # the initialisers' seed when none is given
 
 
 class Step(NamedTuple):
@@ -87,23 +90,6 @@ class Suggestion(NamedTuple):
     option: str
     reason: str
     loads_more: int
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    rename: tuple[str, ...] = ()
-    resize: tuple[str, ...] = ()
-    init: tuple[str, ...] = ()
-    order_fallback: bool = False
-    seed: int | None = DEFAULT_SEED   # None is taken as DEFAULT_SEED, so the plan records the seed in use
-
-    def __post_init__(self) -> None:
-        if self.seed is None:
-            object.__setattr__(self, "seed", DEFAULT_SEED)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rename": list(self.rename), "resize": list(self.resize), "init": list(self.init),
-                "order_fallback": self.order_fallback, "seed": self.seed}
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ No torch: a dry run renders without it.
 JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
 
     schema, tool_version, created (UTC ISO 8601), source, target, output (null when nothing was written),
-    applied (false for a dry run), inputs {str: str}, container, container_reason, stripped_prefixes [str],
-    stubbed_globals [str], options {rename, resize, init, order_fallback, seed},
+    applied (false for a dry run), inputs {str: str}, recipe {path, sha256} | null, container, container_reason, stripped_prefixes [str],
+    stubbed_globals [str], options {rename, resize, init, order_fallback, seed, copy, disable},
     prefix_move {removed, added} | null,
     counts {targets, loaded, resized, new, unused_sources, sources, ambiguous, cast, numel_target,
             numel_from_source, param_numel_target, param_numel_from_source},
@@ -37,6 +37,7 @@ from typing import Any
 
 from . import __version__
 from .io.reader import CheckpointInfo
+from .options import RecipeOrigin
 from .plan import COPY, INIT, RESIZE, Plan, Step, is_bookkeeping
 from .report_render import ROOT, group_names, render_headline, render_markdown, render_terminal, short_dtype
 from .resize import elements_from_source
@@ -110,6 +111,7 @@ class Report:
     gate_failures: tuple[str, ...] = ()  # messages of --strict / --min-coverage gates that failed
     inputs: dict[str, str] = field(default_factory=dict)
     parameters: frozenset[str] | None = None   # target keys that are parameters; None: the target does not say
+    recipe: RecipeOrigin | None = None   # the recipe the options came from
 
     def counts(self) -> ReportCounts:
         return count_plan(self.plan, self.parameters)
@@ -154,6 +156,7 @@ class Report:
             "output": self.output,
             "applied": self.applied,
             "inputs": dict(self.inputs),
+            "recipe": {"path": self.recipe.path, "sha256": self.recipe.sha256} if self.recipe else None,
             "container": info.container if info else None,
             "container_reason": info.container_reason if info else "",
             "stripped_prefixes": list(info.stripped_prefixes) if info else [],
@@ -201,6 +204,7 @@ def report_metadata(report: Report) -> dict[str, str]:
         "ckptsurgeon.container": (info.container or "") if info else "",
         "ckptsurgeon.options": json.dumps(report.plan.options.as_dict(), sort_keys=True),
         "ckptsurgeon.headline": report.headline(),
+        **({"ckptsurgeon.recipe": f"{report.recipe.path} sha256:{report.recipe.sha256}"} if report.recipe else {}),
     }
 
 

@@ -211,6 +211,8 @@ def _context(report: "Report") -> list[tuple[str, list[str], str]]:
     if info and info.stubbed_globals:
         items.append(("  stood in for (not run)", list(info.stubbed_globals), ""))
     items.append(("target", [report.target], ""))
+    if report.recipe is not None:
+        items.append(("recipe", [report.recipe.path], f" (sha256 {report.recipe.sha256[:12]})"))
     if plan.prefix_move:
         items.append(("prefix move", [], _prefix_move(plan.prefix_move)))
     if report.output:

@@ -96,7 +96,8 @@ def test_transfer_into_a_template_writes_out_and_both_reports(pair, tmp_path):
     data = json.loads(report_json.read_text())
     assert data["schema"] == "ckptsurgeon.report/1"
     assert data["applied"] is True and data["output"] == str(out)
-    assert data["options"] == {"rename": [], "resize": [], "init": [], "order_fallback": False, "seed": 7}
+    assert data["options"] == {"rename": [], "resize": [], "init": [], "order_fallback": False, "seed": 7,
+                               "copy": [], "disable": []}
     assert [entry["target"] for entry in data["targets"]] == template_keys
     by_target = {entry["target"]: entry for entry in data["targets"]}
     moved = by_target["backbone.dark3.2.cv4.conv.weight"]

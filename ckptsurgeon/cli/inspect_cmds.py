@@ -30,8 +30,9 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
 
     Reads no tensor data and runs no code from the file (unless --trust).
     """
-    from ..inspect import inspect_checkpoint, inspect_model
-    from ..modelspec import load_model
+    from ..inspect import inspect_checkpoint
+    from ..model.inspect import inspect_model
+    from ..model.build import load_model
     from ..views import render_containers, render_table, render_tree, write_inspection_json
 
     if (path is None) == (model_spec is None):

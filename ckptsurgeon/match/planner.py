@@ -7,7 +7,7 @@ import itertools
 from typing import Iterable, Mapping
 
 from ..errors import MappingError
-from ..plan import (ALIGN, AMBIGUOUS, COPY, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
+from ..plan import (ALIGN, AMBIGUOUS, COPY, COPY_RULE, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
                     REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
                     Unused, is_bookkeeping)
 from ..runtime import paused_gc
@@ -15,15 +15,17 @@ from ..specs import TensorSpec, format_shape
 from ..tree import parent_of
 from .order import match_by_order
 from .prefix import detect_prefix_move, moved_name
-from .provenance import apply_move, original_name, provenance_pair, rename_sources, with_rename_rule
+from .provenance import (Provenance, apply_move, copy_sources, original_name, provenance_pair, rename_sources,
+                         with_rename_rule)
 from .rules import PatternRule, first_match, parse_init_rules, parse_resize_rules
 from .structure import StructureMatch, match_structure
 from .suggest import suggest
 
 
 def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], *,
-              rename: Iterable[str] = (), resize: Iterable[str] = (), init: Iterable[str] = (),
-              order_fallback: bool = False, tied: Iterable[Iterable[str]] = (), seed: int | None = None) -> Plan:
+              rename: Iterable[str | tuple[str, str]] = (), resize: Iterable[str] = (), init: Iterable[str] = (),
+              order_fallback: bool = False, tied: Iterable[Iterable[str]] = (), seed: int | None = None,
+              copy: Iterable[str] = (), disable: Iterable[str] = ()) -> Plan:
     """Plan the transfer of ``source`` tensors into ``target`` keys.
 
     Args:
@@ -34,8 +36,11 @@ def make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]
         order_fallback: pair leftover modules by registration order (signatures must still agree).
         tied: groups of target keys that share one tensor (a source for one feeds them all).
         seed: recorded in the plan for the initialisers.
+        copy: ``SRC_PREFIX=DST_PREFIX``: a source sub-tree into a target sub-tree (several targets allowed).
+        disable: matching passes switched off (``prefix``, ``align``, ``signature``, ``move``, ``regroup``).
     """
-    options = PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed)
+    options = PlanOptions(tuple(rename), tuple(resize), tuple(init), order_fallback, seed, tuple(copy),
+                          tuple(disable))
     return plan_with_options(source, target, options, tied)
 
 
@@ -68,18 +73,23 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
                tied: Iterable[Iterable[str]]) -> Plan:
     resize_rules, init_rules = parse_resize_rules(options.resize), parse_init_rules(options.init)
     pinned, rest, provenance, dropped = rename_sources(source, target, options.rename)
+    copied = copy_sources(source, target, options.copy)
+    if copied:
+        pinned, rest = _with_copies(pinned, rest, provenance, copied)
     free_targets = {name: spec for name, spec in target.items() if name not in pinned}
-    move = detect_prefix_move(rest, target)   # the whole target: pinned keys still show where modules live
+    disabled = frozenset(options.disable)
+    # the whole target: pinned keys still show where modules live
+    move = None if "prefix" in disabled else detect_prefix_move(rest, target)
     if move is not None:
         rest, provenance, move = apply_move(rest, provenance, move)
     wrapper = move[1].rstrip(".") if move is not None and not move[0] else ""
-    found = _match_around_pinned(source, target, rest, pinned, move, wrapper)
+    found = _match_around_pinned(source, target, rest, pinned, move, wrapper, disabled)
     if options.order_fallback:
         found.pairs.update(match_by_order(rest, free_targets, found.pairs))
     found.pairs.update(_exact_name_floor(rest, free_targets, found))
     pairs = ({t: provenance_pair(s, how, provenance) for t, (s, how) in found.pairs.items()} if provenance
              else found.pairs)   # no rule and no move: matching saw the checkpoint's own names
-    pairs.update({t: (original, RENAME) for t, original in pinned.items()})
+    pairs.update({t: (original, COPY_RULE if t in copied else RENAME) for t, original in pinned.items()})
     _spread_ties(pairs, tied)
     steps = tuple(_step(spec, pairs.get(name), source, resize_rules, init_rules) for name, spec in target.items())
     if found.counters_to_check:
@@ -89,6 +99,19 @@ def _make_plan(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec
     unused = _unused(source, steps, dropped, ambiguous, paired)
     ambiguities = tuple(with_rename_rule(a, rest, provenance) for a in found.ambiguities)
     return Plan(steps, unused, ambiguities, move, options)
+
+
+def _with_copies(pinned: dict[str, str], rest: dict[str, TensorSpec], provenance: dict[str, Provenance],
+                 copied: dict[str, str]) -> tuple[dict[str, str], dict[str, TensorSpec]]:
+    """Copied targets are pinned; the source keys a copy rule feeds go nowhere else by matching (a --copy rule
+    states every place its sub-tree goes, with --rename for one more)."""
+    clash = next((t for t in copied if t in pinned), None)
+    if clash is not None:
+        raise MappingError(f"{clash!r} is fed by a --rename rule ({pinned[clash]!r}) and a --copy rule "
+                           f"({copied[clash]!r}); keep one")
+    feeding = set(copied.values())
+    rest = {name: spec for name, spec in rest.items() if original_name(name, provenance) not in feeding}
+    return {**pinned, **copied}, rest
 
 
 def _counters_follow_statistics(steps: tuple[Step, ...], modules: list[tuple[list[str], list[str]]],
@@ -109,17 +132,17 @@ def _counters_follow_statistics(steps: tuple[Step, ...], modules: list[tuple[lis
 
 def _match_around_pinned(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec],
                          rest: Mapping[str, TensorSpec], pinned: Mapping[str, str], move: tuple[str, str] | None,
-                         wrapper: str) -> StructureMatch:
+                         wrapper: str, disabled: frozenset[str] = frozenset()) -> StructureMatch:
     """Structural matching of what the rules left, on trees that still hold the pinned keys (as ghosts under
     their own names, and their targets): a rule inside a module must not change how its parents align."""
     if not pinned:
-        return match_structure(rest.values(), target.values(), EXACT, wrapper)
+        return match_structure(rest.values(), target.values(), EXACT, wrapper, disabled)
     ghosts = {}
     for original in pinned.values():
         name = moved_name(original, move) if move else original
         if name not in rest:
             ghosts[name] = source[original].with_name(name)
-    found = match_structure([*rest.values(), *ghosts.values()], target.values(), EXACT, wrapper)
+    found = match_structure([*rest.values(), *ghosts.values()], target.values(), EXACT, wrapper, disabled)
     found.pairs = {t: (s, how) for t, (s, how) in found.pairs.items() if t not in pinned and s not in ghosts}
     found.ambiguous_sources -= ghosts.keys()
 
@@ -219,7 +242,8 @@ _COPY_REASONS = {EXACT: "same name and shape", RENAME: "renamed by a --rename ru
                  MOVE: "a sub-tree found under another parent, its signature unique in both models",
                  REGROUP: "a leaf module regrouped under another parent inside a matched module",
                  ORDER: "registration order (--order-fallback), signatures agree",
-                 TIED: "tied to a target key loaded from the same source"}
+                 TIED: "tied to a target key loaded from the same source",
+                 COPY_RULE: "fed by a --copy rule (one source sub-tree may feed several targets)"}
 
 
 def _copy_reason(strategy: str) -> str:

@@ -13,7 +13,7 @@ from ..errors import MappingError
 from ..plan import EXACT, PREFIX, RENAME, Ambiguity
 from ..specs import TensorSpec
 from .prefix import moved_name
-from .rules import apply_renames, parse_rename
+from .rules import apply_renames, parse_copy, parse_rename
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Provenance:
     moved: bool = False
 
 
-def rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
-                    ) -> tuple[dict[str, str], dict[str, TensorSpec], dict[str, Provenance], set[str]]:
+def rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec],
+                   texts: tuple[str | tuple[str, str], ...]) -> tuple[dict[str, str], dict[str, TensorSpec], dict[str, Provenance], set[str]]:
     """Apply the rename rules. A key a rule renames onto a target key is pinned to it (rules come first);
     the other keys go on to structural matching under their (possibly renamed) names.
 
@@ -56,6 +56,23 @@ def rename_sources(source: Mapping[str, TensorSpec], target: Mapping[str, Tensor
             rest[new] = spec.with_name(new)
             provenance[new] = Provenance(name, by_rule=True)
     return pinned, rest, provenance, dropped
+
+
+def copy_sources(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec], texts: tuple[str, ...]
+                 ) -> dict[str, str]:
+    """Target key -> source key for the --copy rules (checkpoint names). One source key may feed several
+    targets; a rule that feeds no target key at all is an error (a typo would otherwise pass unseen)."""
+    fed: dict[str, str] = {}
+    for rule in map(parse_copy, texts):
+        found = {t: name for name in source if (t := rule.target_for(name)) is not None and t in target}
+        if not found:
+            raise MappingError(f"--copy {rule.text!r}: no source key under {rule.source_prefix!r} has a target "
+                               f"under {rule.target_prefix!r}; check both prefixes with `ckptsurgeon inspect`")
+        for t, name in found.items():
+            if t in fed and fed[t] != name:
+                raise MappingError(f"--copy rules feed {t!r} from both {fed[t]!r} and {name!r}; keep one")
+            fed[t] = name
+    return fed
 
 
 def original_name(name: str, provenance: Mapping[str, Provenance]) -> str:

@@ -55,8 +55,13 @@ def _split(text: str, option: str, example: str) -> tuple[str, str]:
     return left, right
 
 
-def parse_rename(text: str) -> RenameRule:
-    left, right = _split(text, "--rename", r"^backbone\.=model.backbone.")
+def parse_rename(text: str | tuple[str, str]) -> RenameRule:
+    """``REGEX=REPLACEMENT`` (the CLI's form) or a ``(regex, replacement)`` pair (a recipe's)."""
+    if isinstance(text, tuple):
+        left, right = text
+        text = f"{left}={right}"
+    else:
+        left, right = _split(text, "--rename", r"^backbone\.=model.backbone.")
     if not left:
         raise MappingError(f"--rename {text!r}: the pattern before '=' is empty")
     try:
@@ -110,3 +115,27 @@ def apply_renames(rules: list[RenameRule], name: str) -> str:
     for rule in rules:
         name = rule.apply(name)
     return name
+
+
+@dataclass(frozen=True)
+class CopyRule:
+    """``SRC_PREFIX=DST_PREFIX``: every source key under SRC_PREFIX also feeds the target key under DST_PREFIX."""
+
+    text: str
+    source_prefix: str
+    target_prefix: str
+
+    def target_for(self, name: str) -> str | None:
+        if not name.startswith(self.source_prefix):
+            return None
+        return self.target_prefix + name[len(self.source_prefix):]
+
+
+def parse_copy(text: str) -> CopyRule:
+    source_prefix, sep, target_prefix = text.partition("=")
+    if not sep or not source_prefix or not target_prefix:
+        raise MappingError(f"--copy {text!r}: expected SRC_PREFIX=DST_PREFIX, e.g. --copy 'backbone.=rgb.backbone.'")
+    if source_prefix.endswith(".") != target_prefix.endswith("."):
+        raise MappingError(f"--copy {text!r}: end both prefixes with '.' (module prefixes) or neither, so that "
+                           f"names stay well formed")
+    return CopyRule(text, source_prefix, target_prefix)

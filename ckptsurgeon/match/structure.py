@@ -43,7 +43,8 @@ class StructureMatch:
 
 
 class Matcher:
-    def __init__(self) -> None:
+    def __init__(self, disabled: frozenset[str] = frozenset()) -> None:
+        self.disabled = disabled                 # passes switched off (PlanOptions.disable)
         self.result = StructureMatch()
         self.paired: dict[str, Node] = {}        # target node path -> its source node
         self.paired_source: set[str] = set()     # source node paths paired with some target node
@@ -59,11 +60,17 @@ class Matcher:
         for name, child in t_named.items():
             if name in s_named:
                 self.match(s_named[name], child, strategy)
-        self._pair_renamed({n: c for n, c in s_named.items() if n not in t_named},
-                           {n: c for n, c in t_named.items() if n not in s_named}, target)
+        if "signature" not in self.disabled:
+            self._pair_renamed({n: c for n, c in s_named.items() if n not in t_named},
+                               {n: c for n, c in t_named.items() if n not in s_named}, target)
         s_seq, t_seq = source.numbered(), target.numbered()
-        if s_seq and t_seq:
+        if s_seq and t_seq and "align" not in self.disabled:
             self._align(s_seq, t_seq, target, strategy)
+        elif s_seq and t_seq:   # without alignment an index is just a name
+            s_index = dict(s_seq)
+            for index, child in t_seq:
+                if index in s_index:
+                    self.match(s_index[index], child, strategy)
 
     def note_pair(self, source: Node, target: Node) -> None:
         self.paired[target.path] = source
@@ -122,11 +129,11 @@ class Matcher:
         if other is not None:
             self._record_ambiguity(parent, s_seq, t_seq, chosen, other)
 
-    def _record_ambiguity(self, parent: Node, s_seq: list, t_seq: list, chosen: list[tuple[int, int]],
-                          other: list[tuple[int, int]]) -> None:
+    def _record_ambiguity(self, parent: Node, s_seq: list[tuple[int, Node]], t_seq: list[tuple[int, Node]],
+                          chosen: list[tuple[int, int]], other: list[tuple[int, int]]) -> None:
         """Two readings explain the container equally well: keep ``chosen`` (it keeps more names), say what
         ``other`` is."""
-        def names(seq: list, indices: set[int]) -> str:
+        def names(seq: list[tuple[int, Node]], indices: set[int]) -> str:
             return ", ".join(parent.child_path(str(seq[k][0])) for k in sorted(indices)) or "none"
 
         new_chosen = set(range(len(t_seq))) - {j for _, j in chosen}
@@ -164,21 +171,21 @@ class Matcher:
             self.result.ambiguous_sources.update(node.keys())
 
 
-def _other_reading_renames(s_seq: list, t_seq: list, chosen: list[tuple[int, int]], other: list[tuple[int, int]]
-                           ) -> list[tuple[int, int | None]]:
+def _other_reading_renames(s_seq: list[tuple[int, Node]], t_seq: list[tuple[int, Node]],
+                           chosen: list[tuple[int, int]], other: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
     """(source, target) positions the --rename rules of the other reading must state: its pairs that differ
     from the chosen ones, then every module whose name one of those takes (by its own pair in the other
     reading, or None: it gives its name up)."""
     in_other = dict(other)
     position = {index: k for k, (index, _) in enumerate(s_seq)}
-    rules: list[tuple[int, int | None]] = [(i, j) for i, j in other
-                                           if (i, j) not in set(chosen) and s_seq[i][0] != t_seq[j][0]]
+    differing = [(i, j) for i, j in other if (i, j) not in set(chosen) and s_seq[i][0] != t_seq[j][0]]
+    rules: list[tuple[int, int | None]] = list(differing)
     stated = {i for i, _ in rules}
     # a module whose keys all land on target keys is pinned there and takes no name from another source
-    pending = [(i, j) for i, j in rules if s_seq[i][1].sig != t_seq[j][1].sig]
+    pending = [(i, j) for i, j in differing if s_seq[i][1].sig != t_seq[j][1].sig]
     while pending:
         _, j = pending.pop()
-        k = None if j is None else position.get(t_seq[j][0])   # the source module named like the target
+        k = position.get(t_seq[j][0])   # the source module named like the target
         if k is None or k in stated:
             continue
         stated.add(k)
@@ -196,26 +203,27 @@ def lone_gaps(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple[int, i
 
 
 def match_structure(source: Iterable[TensorSpec], target: Iterable[TensorSpec], strategy: str,
-                    wrapper: str = "") -> StructureMatch:
+                    wrapper: str = "", disabled: frozenset[str] = frozenset()) -> StructureMatch:
     """Pair target keys with source keys by structure; see the module docstring. ``wrapper``: the path a
-    prefix move put around the whole model (``module``)."""
+    prefix move put around the whole model (``module``); ``disabled``: passes switched off."""
     from .moves import match_moves
     from .regroup import match_regrouped
 
     source, target = list(source), list(target)
-    matcher = Matcher()
+    matcher = Matcher(disabled)
     s_root, t_root = build_tree(source), build_tree(target)
     matcher.match(s_root, t_root, strategy)
     # regrouping inside matched modules is the closer evidence, so it goes first; moves may match new
     # module pairs, whose insides are then regrouped too
     scopes_done = 0
-    for later_pass in (match_regrouped, match_moves, match_regrouped):
+    passes = (("regroup", match_regrouped), ("move", match_moves), ("regroup", match_regrouped))
+    for later_pass in [run for name, run in passes if name not in disabled]:
         if not _leftovers_on_both_sides(matcher.result, len(source), len(target)):
             break
         if later_pass is match_regrouped:
             scopes_done = match_regrouped(matcher, scopes_done, wrapper)
         else:
-            later_pass(matcher, s_root, t_root)
+            match_moves(matcher, s_root, t_root)
     return matcher.result
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import ModelBuildError
+from ..errors import ModelBuildError
 
 
 def parse_model_kwargs(text: str | None) -> dict[str, Any]:
