@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..plan import MOVE
 from .nodes import Node
@@ -135,7 +135,7 @@ def _common_parent(nodes: list[Node]) -> str:
     return ".".join(common)
 
 
-def _containers(root: Node, whole) -> list[Node]:
+def _containers(root: Node, whole: Callable[[Node], bool]) -> list[Node]:
     return [node for node in root.walk() if node.path and len(node.children) >= 2 and whole(node)
             and all(name.isdigit() for name in node.children)]
 

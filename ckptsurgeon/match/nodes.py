@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 
 from ..specs import TensorSpec
 
-_NO_CHILDREN: dict = {}   # shared by nodes without children / own tensors until they get some
-_NO_SHAPES: dict = {}
+_NO_CHILDREN: dict[str, Node] = {}   # shared by nodes without children / own tensors until they get some
+_NO_SHAPES: dict[str, tuple[int, ...]] = {}
 
 
 class Node:
@@ -64,7 +64,7 @@ class Node:
         return self._relative
 
     @property
-    def bag(self) -> Counter:
+    def bag(self) -> Counter[tuple[int, ...]]:
         """The shapes of the subtree's tensors, names aside."""
         return Counter(self.relative.values())
 

@@ -56,7 +56,8 @@ class _Agreement:
         self.items = [(name, mask_indices(name), spec.shape) for name, spec in source.items()]
         self.masked_target = masked_shapes(target)
 
-    def count(self, move: tuple[str, str], items: list | None = None) -> tuple[int, int, int]:
+    def count(self, move: tuple[str, str], items: list[tuple[str, str, tuple[int, ...]]] | None = None
+              ) -> tuple[int, int, int]:
         """(keys agreeing after the move, of which moved, keys moved)."""
         removed, added = move
         m_removed, m_added = mask_indices(removed), mask_indices(added)
@@ -142,7 +143,7 @@ def _tail(name: str) -> str:
     return ".".join(name.rsplit(".", 2)[-2:])
 
 
-def _vote(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) -> Counter:
+def _vote(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) -> Counter[tuple[str, str]]:
     by_tail: dict[str, list[str]] = {}
     for name in target:
         bucket = by_tail.setdefault(_tail(name), [])
@@ -150,7 +151,7 @@ def _vote(source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec]) ->
             bucket.append(name)
     names = list(source)
     step = max(1, len(names) // SAMPLE)
-    votes: Counter = Counter()
+    votes: Counter[tuple[str, str]] = Counter()
     for name in names[::step]:
         for other in by_tail.get(_tail(name), ()):
             removed, added = _move_between(name, other)

@@ -13,6 +13,8 @@ decided on whole sub-trees.
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from ..plan import REGROUP
 from .nodes import Node
 from .similarity import pair_look_alikes
@@ -36,10 +38,11 @@ def match_regrouped(matcher: Matcher, start: int = 0, wrapper: str = "") -> int:
     return end
 
 
-def _scope_leaves(scope: Node, paired, taken) -> list[Node]:
+def _scope_leaves(scope: Node, paired: Container[str], taken: Container[str]) -> list[Node]:
     """Unpaired leaf modules reachable from ``scope`` through unpaired named modules (an unpaired member of a
     numbered container is one the alignment judged removed or new: its leaves are not regrouped)."""
-    out, stack = [], list(reversed(scope.children.values()))
+    out: list[Node] = []
+    stack = list(reversed(scope.children.values()))
     while stack:
         node = stack.pop()
         if node.path in paired or node.name.isdigit():

@@ -75,7 +75,8 @@ def similar_pairs(s_names: list[str], t_names: list[str], margin: float = 0.2, f
     return pairs + _mutual_best(s_rest, t_rest, spelling, margin, floor)
 
 
-def _mutual_best(s_names: list[str], t_names: list[str], score, margin: float, floor: float) -> list[tuple[str, str]]:
+def _mutual_best(s_names: list[str], t_names: list[str], score: Callable[[str, str], float], margin: float,
+                 floor: float) -> list[tuple[str, str]]:
     def best(scores: list[tuple[float, str]]) -> str | None:
         scores.sort(reverse=True)
         if not scores or scores[0][0] < floor:

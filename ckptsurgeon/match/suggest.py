@@ -21,6 +21,7 @@ from ..specs import TensorSpec
 from ..tree import parent_of
 
 Planner = Callable[[PlanOptions], Plan]
+Signature = tuple[tuple[str, tuple[int, ...]], ...]   # a module's relative tensor names and shapes
 
 
 def suggest(plan: Plan, source: Mapping[str, TensorSpec], target: Mapping[str, TensorSpec],
@@ -29,13 +30,15 @@ def suggest(plan: Plan, source: Mapping[str, TensorSpec], target: Mapping[str, T
                               source)
     unmatched = {u.source for u in plan.unused if u.reason == NO_MATCH}
     t_modules = _left_modules(((s.target, target[s.target]) for s in plan.steps if s.action == INIT), target)
-    by_sig: dict[tuple, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    by_sig: dict[Signature, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for path, sig in s_modules.items():
         by_sig[sig][0].append(path)
     for path, sig in t_modules.items():
         if sig in by_sig:
             by_sig[sig][1].append(path)
-    renames, crowded, taken = [], False, []
+    renames: list[str] = []
+    taken: list[str] = []
+    crowded = False
     for sig, (s_paths, t_paths) in sorted(by_sig.items(), key=lambda item: -len(item[0])):   # largest first
         if not t_paths or any(_below(p, taken) for p in s_paths + t_paths):
             continue
@@ -60,7 +63,8 @@ def suggest(plan: Plan, source: Mapping[str, TensorSpec], target: Mapping[str, T
     return tuple(out)
 
 
-def _left_modules(entries: Iterable[tuple[str, TensorSpec]], specs: Mapping[str, TensorSpec]) -> dict[str, tuple]:
+def _left_modules(entries: Iterable[tuple[str, TensorSpec]], specs: Mapping[str, TensorSpec]
+                  ) -> dict[str, Signature]:
     """Modules every tensor of which is left over, by their signature (relative names and shapes)."""
     left = {name: spec.shape for name, spec in entries if not is_bookkeeping(name)}
     total: dict[str, int] = defaultdict(int)
