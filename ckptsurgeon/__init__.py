@@ -7,19 +7,79 @@ public names below load their modules on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:   # type checkers see the real names; at run time they load on first use
+    from .apply import apply_to_model as apply_to_model, write_plan as write_plan
+    from .baseline import exact_name_outcome as exact_name_outcome
+    from .convert import convert_checkpoint as convert_checkpoint
+    from .diff import diff_checkpoints as diff_checkpoints
+    from .engine import transfer as transfer
+    from .errors import (
+        CheckpointFormatError as CheckpointFormatError,
+        ContainerError as ContainerError,
+        GateFailed as GateFailed,
+        LimitError as LimitError,
+        MappingError as MappingError,
+        ModelBuildError as ModelBuildError,
+        OptionError as OptionError,
+        OutputError as OutputError,
+        RecipeError as RecipeError,
+        ShapeError as ShapeError,
+        SurgeonError as SurgeonError,
+    )
+    from .init import INITIALIZERS as INITIALIZERS, initialize as initialize
+    from .inspect import Inspection as Inspection, inspect_checkpoint as inspect_checkpoint
+    from .io import (
+        Checkpoint as Checkpoint,
+        CheckpointInfo as CheckpointInfo,
+        Limits as Limits,
+        checking as checking,
+        open_checkpoint as open_checkpoint,
+        read_specs as read_specs,
+        verify_checkpoint as verify_checkpoint,
+    )
+    from .io.writer import write_state_dict as write_state_dict
+    from .match import make_plan as make_plan
+    from .model.build import build_model as build_model
+    from .model.inspect import inspect_model as inspect_model
+    from .model.tied import tied_groups as tied_groups
+    from .options import (
+        FreezeOptions as FreezeOptions,
+        Gates as Gates,
+        GroupRule as GroupRule,
+        PlanOptions as PlanOptions,
+        RecipeOrigin as RecipeOrigin,
+        TransferOptions as TransferOptions,
+        UnfreezeStage as UnfreezeStage,
+    )
+    from .pipeline import check_gates as check_gates, run_transfer as run_transfer
+    from .plan import Ambiguity as Ambiguity, Plan as Plan, Step as Step, Unused as Unused
+    from .recipe import Recipe as Recipe, load_recipe as load_recipe
+    from .report import (
+        REPORT_SCHEMA as REPORT_SCHEMA,
+        Report as Report,
+        ReportCounts as ReportCounts,
+        report_metadata as report_metadata,
+    )
+    from .resize import RESIZE_METHODS as RESIZE_METHODS, can_resize as can_resize, resize_tensor as resize_tensor
+    from .specs import TensorSpec as TensorSpec, specs_of as specs_of
 
 _PUBLIC = {
     "open_checkpoint": "io", "read_specs": "io", "Checkpoint": "io", "CheckpointInfo": "io",
     "verify_checkpoint": "io", "checking": "io", "Limits": "io",
     "write_state_dict": "io.writer",
-    "inspect_checkpoint": "inspect", "inspect_model": "inspect", "Inspection": "inspect",
+    "inspect_checkpoint": "inspect", "Inspection": "inspect",
     "diff_checkpoints": "diff", "convert_checkpoint": "convert",
     "make_plan": "match", "Plan": "plan", "Step": "plan", "Unused": "plan", "Ambiguity": "plan",
     "apply_to_model": "apply", "write_plan": "apply",
-    "transfer": "engine", "check_gates": "engine", "Gates": "engine", "TransferOptions": "engine",
+    "transfer": "engine", "check_gates": "pipeline", "run_transfer": "pipeline",
+    "PlanOptions": "options", "Gates": "options", "TransferOptions": "options", "FreezeOptions": "options",
+    "GroupRule": "options", "UnfreezeStage": "options", "RecipeOrigin": "options",
+    "load_recipe": "recipe", "Recipe": "recipe",
+    "build_model": "model.build", "inspect_model": "model.inspect", "tied_groups": "model.tied",
     "Report": "report", "ReportCounts": "report", "REPORT_SCHEMA": "report", "report_metadata": "report",
     "exact_name_outcome": "baseline",
     "TensorSpec": "specs", "specs_of": "specs",

@@ -6,14 +6,18 @@ Into a live model the result is loaded with ``strict=True``; into a file it is s
 
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import MappingError
 from .plan import COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, Plan, Step, is_bookkeeping
 
+if TYPE_CHECKING:
+    import torch
 
-def step_generator(seed: int | None, name: str) -> Any:
+
+def step_generator(seed: int | None, name: str) -> torch.Generator:
     """A generator seeded by (seed, key): a key's values do not depend on which other keys are new."""
     import torch
 
@@ -22,32 +26,43 @@ def step_generator(seed: int | None, name: str) -> Any:
     return generator
 
 
-def _dtype(name: str) -> Any:
+def _dtype(name: str) -> torch.dtype:
     import torch
 
-    return getattr(torch, name)
+    dtype = getattr(torch, name)
+    if not isinstance(dtype, torch.dtype):
+        raise MappingError(f"{name!r} is not a torch dtype (a damaged plan)")
+    return dtype
 
 
-def tensor_for_step(step: Step, source: Mapping[str, Any], initial: Callable[[], Any], seed: int | None) -> Any:
+def tensor_for_step(step: Step, source: Mapping[str, torch.Tensor], initial: Callable[[], torch.Tensor],
+                    seed: int | None) -> torch.Tensor:
     """The value the target key gets. ``initial()`` returns the target's own initial tensor."""
     if step.action == COPY:
-        return source[step.source].to(_dtype(step.target_dtype))
+        return source[_source_of(step)].to(_dtype(step.target_dtype))
     if step.action == RESIZE:
         import torch
 
         from .resize import resize_tensor
 
         base = _initialised(step.fill or KEEP_TARGET, step, initial, seed)
-        tensor = source[step.source]
+        tensor = source[_source_of(step)]
         # Resize in the wider dtype: an fp16 source must not round the target values a resize keeps.
         common = torch.promote_types(tensor.dtype, base.dtype)
-        return resize_tensor(step.method, tensor.to(common), base.to(common)).to(_dtype(step.target_dtype))
+        method = step.method or ""   # a resize step always names its method
+        return resize_tensor(method, tensor.to(common), base.to(common)).to(_dtype(step.target_dtype))
     if step.action == INIT:
         return _initialised(step.method or KEEP_TARGET, step, initial, seed)
     raise MappingError(f"{step.target}: unknown plan action {step.action!r}")
 
 
-def _initialised(method: str, step: Step, initial: Callable[[], Any], seed: int | None) -> Any:
+def _source_of(step: Step) -> str:
+    if step.source is None:
+        raise MappingError(f"{step.target}: a {step.action} step names no source tensor (a damaged plan)")
+    return step.source
+
+
+def _initialised(method: str, step: Step, initial: Callable[[], torch.Tensor], seed: int | None) -> torch.Tensor:
     like = initial()
     if method == KEEP_TARGET:
         if like.is_meta and is_bookkeeping(step.target):
@@ -67,10 +82,11 @@ def _initialised(method: str, step: Step, initial: Callable[[], Any], seed: int 
     return initialize(method, like, step_generator(seed, step.target))
 
 
-def apply_to_model(plan: Plan, source: Mapping[str, Any], model: Any, *, seed: int | None = None) -> None:
+def apply_to_model(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Module, *,
+                   seed: int | None = None) -> None:
     """Load the planned tensors into ``model`` with ``strict=True``; meta-device models get ``assign=True``."""
     current = model.state_dict()
-    new_state = {step.target: tensor_for_step(step, source, lambda n=step.target: current[n], seed)
+    new_state = {step.target: tensor_for_step(step, source, functools.partial(current.__getitem__, step.target), seed)
                  for step in plan.steps}
     on_meta = any(tensor.is_meta for tensor in current.values())
     if not on_meta:

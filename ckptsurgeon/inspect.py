@@ -75,7 +75,7 @@ def degenerate_warnings(specs: list[TensorSpec]) -> list[str]:
             f"fewer channels than its reduction), so this layer does nothing" for spec in specs if spec.is_degenerate]
 
 
-def inspect_checkpoint(path: str | os.PathLike, *, container: str | None = None, trust: bool = False,
+def inspect_checkpoint(path: str | os.PathLike[str], *, container: str | None = None, trust: bool = False,
                        pattern: str | None = None, regex: bool = False) -> Inspection:
     """Inspect a checkpoint file; reads no tensor data."""
     keep = name_filter(pattern, regex=regex)

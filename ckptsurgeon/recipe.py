@@ -9,7 +9,8 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from functools import partial
+from typing import Any, Callable
 
 from .errors import MappingError, OptionError, RecipeError
 from .options import (BATCHNORM_POLICIES, FREEZE_MODES, STRATEGY_SWITCHES, FreezeOptions, Gates, GroupRule,
@@ -17,7 +18,6 @@ from .options import (BATCHNORM_POLICIES, FREEZE_MODES, STRATEGY_SWITCHES, Freez
 
 SCHEMA_VERSION = 1
 DEFAULT_GROUP = "default"   # the optimizer group of parameters no [[optimizer.groups]] entry selects
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Table:
     def error(self, message: str, key: str | None = None) -> RecipeError:
         return RecipeError(f"{self.where(key)}: {message}")
 
-    def take(self, key: str, kind: Callable[..., T], default: Any = None, *, required: bool = False) -> Any:
+    def take(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
         if key not in self.data:
             if required:
                 raise self.error("missing (required)", key)
@@ -184,7 +184,7 @@ def _rename_rules(table: Table) -> tuple[tuple[str, str], ...]:
         rules.append(prefix_rule(source, target, table))
     table.no_other_keys()
     for rule in rules:
-        _checked(table, "rules", lambda r=rule: _parse_rename(r))
+        _checked(table, "rules", partial(_parse_rename, rule))
     return tuple(rules)
 
 
@@ -221,7 +221,7 @@ def _copy_rules(table: Table) -> tuple[str, ...]:
             raise table.error("expected a target prefix or a list of them", source)
         rules += [f"{source}={target}" for target in targets]
     for rule in rules:
-        _checked(table, rule.partition("=")[0], lambda r=rule: _parse_copy(r))
+        _checked(table, rule.partition("=")[0], partial(_parse_copy, rule))
     return tuple(rules)
 
 
@@ -234,7 +234,7 @@ def _parse_copy(rule: str) -> None:
 def _pattern_rules(table: Table, patterns: list[tuple[str, str]], check: Callable[[str], None]) -> tuple[str, ...]:
     rules = []
     for pattern, value in table.items(str):
-        _checked(table, pattern, lambda p=pattern, v=value: check(f"{p}={v}"))
+        _checked(table, pattern, partial(check, f"{pattern}={value}"))
         patterns.append((f"{table.name}.{pattern}", pattern))
         rules.append(f"{pattern}={value}")
     return tuple(rules)
@@ -269,7 +269,7 @@ def _gates(table: Table, patterns: list[tuple[str, str]]) -> Gates:
     table.no_other_keys()
     for key, values in (("allow_unused", allow_unused), ("allow_new", allow_new)):
         for pattern in values:
-            _checked(table, key, lambda p=pattern: _compile(p))
+            _checked(table, key, partial(_compile, pattern))
             patterns.append((f"gates.{key}", pattern))
     return Gates(strict, allow_unused, allow_new, min_coverage)
 
@@ -319,7 +319,7 @@ def _positive(table: Table, key: str, *, allow_zero: bool = False) -> float | No
 
 def _note_patterns(table: Table, key: str, values: tuple[str, ...], patterns: list[tuple[str, str]]) -> None:
     for pattern in values:
-        _checked(table, key, lambda p=pattern: _compile(p))
+        _checked(table, key, partial(_compile, pattern))
         patterns.append((f"{table.name}.{key}", pattern))
 
 

@@ -185,10 +185,10 @@ class Report:
     def to_markdown(self) -> str:
         return render_markdown(self)
 
-    def save_json(self, path: str | os.PathLike) -> None:
+    def save_json(self, path: str | os.PathLike[str]) -> None:
         _write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def save_markdown(self, path: str | os.PathLike) -> None:
+    def save_markdown(self, path: str | os.PathLike[str]) -> None:
         _write_text(path, self.to_markdown())
 
     def __str__(self) -> str:
@@ -258,7 +258,7 @@ def _large_unused_warnings(plan: Plan) -> list[str]:
     return out
 
 
-def _write_text(path: str | os.PathLike, text: str) -> None:
+def _write_text(path: str | os.PathLike[str], text: str) -> None:
     # Written beside the destination, then renamed: a reader never sees half a report.
     path = os.fspath(path)
     partial = f"{path}.partial"

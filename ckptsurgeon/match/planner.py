@@ -216,7 +216,6 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     if source.shape == spec.shape:  # the common case first: plans of 100k keys stay well under a second
         return Step(name, COPY, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, None,
                     _copy_reason(strategy))
-    common = dict(source=original, source_shape=source.shape, source_dtype=source.dtype, strategy=strategy)
     fill, note = _init_for(spec, init_rules)
     mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
     from ..resize import can_resize, suggest_resize
@@ -231,8 +230,8 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     if problem:
         return Step(name, INIT, spec.shape, spec.dtype, method=fill,
                     reason=f"shape mismatch: {mismatch}; --resize '{rule.text}' cannot apply: {problem}" + note)
-    return Step(name, RESIZE, spec.shape, spec.dtype, method=rule.value, fill=fill,
-                reason=f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, **common)
+    return Step(name, RESIZE, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, rule.value,
+                f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, fill)
 
 
 # The step names its source; the reason says what kind of evidence paired them.

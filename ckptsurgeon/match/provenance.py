@@ -109,7 +109,7 @@ def with_rename_rule(ambiguity: Ambiguity, rest: Mapping[str, TensorSpec], prove
     """Write the other reading as --rename options over the user's own source names, ordered so that no
     rule renames what an earlier one produced."""
     pairs = [(original_module(source, rest, provenance), target) for source, target in ambiguity.renames]
-    ordered = order_rules([(s, t) for s, t in pairs if s is not None and s != t])
+    ordered = order_rules([(s, t or "") for s, t in pairs if s is not None and s != t])
     if not ordered:
         return ambiguity
     text = " ".join(f"--rename '^{re.escape(s)}\\.={t}.'" if t else f"--rename '^{re.escape(s)}\\..*='"
