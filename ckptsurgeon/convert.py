@@ -21,8 +21,8 @@ class ConvertResult:
     nbytes: int
 
 
-def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, dtype: str | None = None,
-                       container: str | None = None, trust: bool = False, force: bool = False,
+def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                       dtype: str | None = None, container: str | None = None, trust: bool = False, force: bool = False,
                        check: bool | None = None) -> ConvertResult:
     """Write ``source``'s state dict to ``output`` (format by extension), casting floating tensors to ``dtype``.
 

@@ -14,7 +14,10 @@ import copy
 import os
 import sys
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from .specs import TensorSpec
 
 Echo = Callable[[str], None]
 WIDTH = 4
@@ -91,8 +94,10 @@ def _part_official(folder: str, echo: Echo) -> None:
     torch.save({"epoch": -1, "best_fitness": None, "training_results": None, "model": copy.deepcopy(official).half(),
                 "ema": None, "updates": None, "optimizer": None, "wandb_id": None}, source)
     found = inspect_checkpoint(source)
-    classes = sorted({g.rsplit(".", 1)[-1] for g in found.info.stubbed_globals})
-    echo(f"read safely: {found.total_tensors} tensors from container '{found.info.container}'; classes stood in "
+    info = found.info
+    assert info is not None   # a checkpoint's inspection carries what its reader found
+    classes = sorted({g.rsplit(".", 1)[-1] for g in info.stubbed_globals})
+    echo(f"read safely: {found.total_tensors} tensors from container '{info.container}'; classes stood in "
          f"for, never run: {', '.join(classes)}")
     model = Model(num_classes=80, width=WIDTH, insert_at=10, insert="se")
     target_specs = _specs(model)
@@ -102,13 +107,13 @@ def _part_official(folder: str, echo: Echo) -> None:
     _check_forward(model, echo)
 
 
-def _specs(model: Any) -> dict:
+def _specs(model: Any) -> dict[str, TensorSpec]:
     from .specs import specs_of
 
     return specs_of(model.state_dict())
 
 
-def _echo_exact_name(echo: Echo, report: Any, source_model: Any, target_specs: dict) -> None:
+def _echo_exact_name(echo: Echo, report: Any, source_model: Any, target_specs: dict[str, TensorSpec]) -> None:
     from .baseline import exact_name_outcome
 
     outcome = exact_name_outcome(report.plan, _specs(source_model), target_specs)

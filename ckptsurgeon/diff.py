@@ -35,8 +35,8 @@ class CheckpointDiff:
         return bool(self.only_a or self.only_b or self.shape_changed or self.dtype_changed or self.value_changed)
 
 
-def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike, *, values: bool = False, atol: float = 0.0,
-                     container: str | None = None, trust: bool = False) -> CheckpointDiff:
+def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, values: bool = False,
+                     atol: float = 0.0, container: str | None = None, trust: bool = False) -> CheckpointDiff:
     """Compare two checkpoints by key. With ``values``, tensors of equal shape are compared elementwise
     (max abs difference above ``atol`` counts as changed); only then is tensor data read. Bit-identical values
     (NaNs included) are equal; a NaN against anything else differs."""

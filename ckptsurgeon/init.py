@@ -41,6 +41,12 @@ class Initializer:
     random: bool = False
 
 
+def _given(value: float | None) -> float:
+    """The value of an initialiser that takes one: parse_init requires it, or _value_of supplies the default."""
+    assert value is not None
+    return value
+
+
 def _format_number(value: float) -> str:
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
@@ -75,13 +81,13 @@ def _fill_ones(tensor: "Tensor", value: float | None, generator: "torch.Generato
 
 
 def _fill_constant(tensor: "Tensor", value: float | None, generator: "torch.Generator | None") -> None:
-    tensor.fill_(value)
+    tensor.fill_(_given(value))
 
 
 def _fill_normal(tensor: "Tensor", value: float | None, generator: "torch.Generator | None") -> None:
     import torch
 
-    torch.nn.init.normal_(tensor, mean=0.0, std=value, generator=generator)
+    torch.nn.init.normal_(tensor, mean=0.0, std=_given(value), generator=generator)
 
 
 def _fill_kaiming(tensor: "Tensor", value: float | None, generator: "torch.Generator | None") -> None:
@@ -109,9 +115,9 @@ INITIALIZERS: dict[str, Initializer] = {i.name: i for i in (
     Initializer("zeros", "all zeros", _fill_zeros, _check_any, lambda v: "zeros"),
     Initializer("ones", "all ones", _fill_ones, _check_any, lambda v: "ones"),
     Initializer("constant", "constant:VALUE, every element VALUE", _fill_constant, _check_any,
-                lambda v: f"constant({_format_number(v)})", arg="required"),
+                lambda v: f"constant({_format_number(_given(v))})", arg="required"),
     Initializer("normal", f"normal:STD, mean 0 (std {DEFAULT_STD} by default)", _fill_normal, _check_any,
-                lambda v: f"normal(std={_format_number(v)})", arg="optional", default=DEFAULT_STD, random=True),
+                lambda v: f"normal(std={_format_number(_given(v))})", arg="optional", default=DEFAULT_STD, random=True),
     Initializer("kaiming", "kaiming normal, fan_out, relu (2+ dims)", _fill_kaiming,
                 _check_matrix_like("kaiming"), lambda v: "kaiming_normal(fan_out, relu)", random=True),
     Initializer("xavier", "xavier uniform (2+ dims)", _fill_xavier, _check_matrix_like("xavier"),

@@ -203,6 +203,7 @@ def resample_pos_embed(source: "Tensor", num_tokens: int, *, num_prefix_tokens: 
     require_fit("pos_embed", shape, dst_shape, check_pos_embed(shape, dst_shape, arg))
     n_src, dim = shape[-2], shape[-1]
     prefix = num_prefix_tokens if num_prefix_tokens is not None else infer_prefix_tokens(n_src, num_tokens)
+    assert prefix is not None   # require_fit refused shapes without a prefix count that leaves square grids
     tokens = source.detach().reshape(1, n_src, dim)
     old, new = math.isqrt(n_src - prefix), math.isqrt(num_tokens - prefix)
     grid = tokens[:, prefix:].to(_compute_dtype(source)).reshape(1, old, old, dim).permute(0, 3, 1, 2)

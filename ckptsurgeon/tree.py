@@ -102,7 +102,7 @@ def _ranges(values: list[int]) -> str:
     if len(values) == 1:
         return str(values[0])
     spans, start, prev = [], values[0], values[0]
-    for value in values[1:] + [None]:  # type: ignore[list-item]
+    for value in values[1:] + [None]:
         if value is not None and value == prev + 1:
             prev = value
             continue

@@ -37,11 +37,12 @@ def inspect(path: str | None, container: str | None, trust: bool, model_spec: st
 
     if (path is None) == (model_spec is None):
         raise click.UsageError("give either PATH or --model MODULE:CALLABLE")
-    if model_spec:
+    if path is not None:
+        inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
+    else:
+        assert model_spec is not None   # the usage check above: PATH or --model, exactly one
         inspection = inspect_model(load_model(model_spec, model_kwargs, model_path), pattern=pattern, regex=regex,
                                    label=model_spec)
-    else:
-        inspection = inspect_checkpoint(path, container=container, trust=trust, pattern=pattern, regex=regex)
     checked = _verified(path, container, trust) if check and path is not None else None
     if as_json:
         write_inspection_json(inspection, sys.stdout)

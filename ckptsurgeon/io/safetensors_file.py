@@ -7,7 +7,6 @@ optional ``__metadata__`` of strings), then the raw bytes. Reading the header gi
 from __future__ import annotations
 
 import json
-import math
 import struct
 from typing import Any, BinaryIO, Iterable, NamedTuple
 
