@@ -67,7 +67,8 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.fpn(self.body(x))
+        levels: list[torch.Tensor] = self.fpn(self.body(x))
+        return levels
 
 
 class Head(nn.Module):
@@ -101,7 +102,8 @@ class Detector(nn.Module):
         self.head = Head(fpn_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return self.head(self.backbone(x))
+        outputs: list[tuple[torch.Tensor, torch.Tensor]] = self.head(self.backbone(x))
+        return outputs
 
 
 def build(num_classes: int = 2, width: int = 4) -> Detector:

@@ -37,7 +37,8 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
-        return self.relu(self.bn3(self.conv3(y)) + shortcut)
+        out: torch.Tensor = self.relu(self.bn3(self.conv3(y)) + shortcut)
+        return out
 
 
 class ResNet(nn.Module):
@@ -79,7 +80,8 @@ class ResNet(nn.Module):
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.stage_outputs(x)[-1]), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(self.avgpool(self.stage_outputs(x)[-1]), 1))
+        return logits
 
 
 def build(num_classes: int = 1000, width: int = 4) -> ResNet:

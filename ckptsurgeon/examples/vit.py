@@ -23,7 +23,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        tokens: torch.Tensor = self.proj(x).flatten(2).transpose(1, 2)
+        return tokens
 
 
 class Attention(nn.Module):
@@ -39,7 +40,8 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return out
 
 
 class Mlp(nn.Module):
@@ -50,7 +52,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        out: torch.Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
 class Block(nn.Module):
@@ -65,7 +68,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out: torch.Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class VisionTransformer(nn.Module):
@@ -91,7 +95,8 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
+        logits: torch.Tensor = self.head(self.norm(self.blocks(tokens))[:, 0])
+        return logits
 
 
 def build(img_size: int = 224, num_classes: int = 1000, patch_size: int = 16, depth: int = 4) -> VisionTransformer:

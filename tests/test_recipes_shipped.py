@@ -1,0 +1,242 @@
+"""The five recipes in recipes/, each run end to end on a small stand-in with the real module names:
+``transfer --recipe`` through the CLI (values, report, counts), then the fine-tuning half (``FineTune`` and
+``freeze --recipe``), and ``recipe check`` on its model."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner, Result
+from safetensors.torch import load_file
+
+from ckptsurgeon.apply import step_generator
+from ckptsurgeon.cli import _register, cli
+from ckptsurgeon.init import initialize
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+SEED = 0   # the recipes set no [match] seed, so the initialisers use the default
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shipped recipe and the stand-in migration it is written for."""
+
+    recipe: str
+    model: str                                   # MODULE:CALLABLE, as given to --model
+    source_kwargs: dict[str, Any]
+    target_kwargs: dict[str, Any]
+    source_file: str = "source.pth"
+
+    @property
+    def path(self) -> Path:
+        return RECIPES / self.recipe
+
+
+YOLO = "ckptsurgeon.examples.yolov7:build_yolov7"
+SE_HEAD = Case("yolov7-se-head.toml", YOLO, {"num_classes": 80, "width": 8},
+               {"num_classes": 80, "width": 8, "head_attention": "se"}, "yolov7_weights.pth")
+NUM_CLASSES = Case("yolov7-num-classes.toml", YOLO, {"num_classes": 80, "width": 8},
+                   {"num_classes": 20, "width": 8}, "yolov7_weights.pth")
+RESNET = Case("resnet50-finetune.toml", "ckptsurgeon.examples.resnet:build", {"num_classes": 1000},
+              {"num_classes": 100}, "resnet50.pth")
+DETECTOR = Case("backbone-into-detector.toml", "ckptsurgeon.examples.detector:build", {"num_classes": 1000},
+                {"num_classes": 2}, "resnet50.pth")
+VIT = Case("vit-image-size.toml", "ckptsurgeon.examples.vit:build", {"img_size": 224, "num_classes": 1000},
+           {"img_size": 384, "num_classes": 100}, "vit_224.pth")
+CASES = {case.recipe: case for case in (SE_HEAD, NUM_CLASSES, RESNET, DETECTOR, VIT)}
+SOURCE_BUILDERS = {DETECTOR.recipe: "ckptsurgeon.examples.resnet:build"}   # a classifier goes into the detector
+
+
+def build(spec: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def invoke(*args: str | Path) -> Result:
+    _register()
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def counted(keys: Any) -> list[str]:
+    """Keys as the report counts them: without ``num_batches_tracked``."""
+    return [key for key in keys if not key.endswith("num_batches_tracked")]
+
+
+@dataclass
+class Transferred:
+    source: dict[str, torch.Tensor]
+    target_keys: dict[str, tuple[int, ...]]      # the freshly built target model's keys and shapes
+    out: dict[str, torch.Tensor]
+    report: dict[str, Any]
+    result: Result
+
+    def step(self, key: str) -> dict[str, Any]:
+        return next(step for step in self.report["targets"] if step["target"] == key)
+
+
+def run_transfer(case: Case, tmp_path: Path) -> Transferred:
+    """Save the stand-in source (fixed seed), run ``transfer --recipe`` into the target model via the CLI."""
+    torch.manual_seed(0)
+    source = build(SOURCE_BUILDERS.get(case.recipe, case.model), case.source_kwargs).state_dict()
+    source_path, out, report = tmp_path / case.source_file, tmp_path / "out.safetensors", tmp_path / "report.json"
+    torch.save(source, source_path)
+    result = invoke("transfer", source_path, "--model", case.model, "--model-kwargs", json.dumps(case.target_kwargs),
+                    "--recipe", case.path, "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    target = {k: tuple(v.shape) for k, v in build(case.model, case.target_kwargs).state_dict().items()}
+    return Transferred(source, target, load_file(str(out)), json.loads(report.read_text()), result)
+
+
+def expected_init(text: str, key: str, like: torch.Tensor) -> torch.Tensor:
+    """What initialiser ``text`` gives key ``key`` (values depend only on the seed and the key's name)."""
+    return initialize(text, like, step_generator(SEED, key))
+
+
+def assert_recipe_recorded(case: Case, report: dict[str, Any]) -> None:
+    assert report["recipe"] == {"path": str(case.path), "sha256": hashlib.sha256(case.path.read_bytes()).hexdigest()}
+    assert report["applied"] is True
+    assert report["gate_failures"] == []
+
+
+def assert_counts(report: dict[str, Any], *, targets: Any, loaded: int, resized: int, new: int,
+                  unused: int, sources: Any) -> None:
+    counts = report["counts"]
+    assert (counts["targets"], counts["loaded"], counts["resized"], counts["new"]) == (
+        len(counted(targets)), loaded, resized, new)
+    assert (counts["unused_sources"], counts["sources"]) == (unused, len(counted(sources)))
+    assert loaded + resized + new == counts["targets"]
+
+
+# --- transfer ------------------------------------------------------------------------------------
+
+
+def test_yolov7_se_head_transfer(tmp_path: Path) -> None:
+    run = run_transfer(SE_HEAD, tmp_path)
+    se_keys = [key for key in run.target_keys if key not in run.source]
+    assert se_keys and all(key.startswith(("feat1_att.", "feat2_att.", "feat3_att.")) for key in se_keys)
+    assert set(run.out) == set(run.target_keys)
+    for key, tensor in run.source.items():                 # every checkpoint tensor, under its own name
+        assert torch.equal(run.out[key], tensor), key
+    for key in se_keys:
+        if key.endswith("fc.2.weight"):                    # excitation: every gate opens at sigmoid(0)
+            assert torch.count_nonzero(run.out[key]) == 0, key
+            assert run.step(key)["method"] == "zeros"
+        else:                                              # squeeze: kaiming, seeded by the key's name
+            assert torch.equal(run.out[key], expected_init("kaiming", key, run.out[key])), key
+            assert run.out[key].std() > 0
+            assert run.step(key)["method"] == "kaiming"
+    assert_recipe_recorded(SE_HEAD, run.report)
+    assert_counts(run.report, targets=run.target_keys, loaded=len(counted(run.source)), resized=0,
+                  new=len(se_keys), unused=0, sources=run.source)
+
+
+@pytest.mark.parametrize("num_classes", [20, 90])
+def test_yolov7_num_classes_transfer(tmp_path: Path, num_classes: int) -> None:
+    case = Case(NUM_CLASSES.recipe, NUM_CLASSES.model, NUM_CLASSES.source_kwargs,
+                {**NUM_CLASSES.target_kwargs, "num_classes": num_classes}, NUM_CLASSES.source_file)
+    run = run_transfer(case, tmp_path)
+    heads = [key for key in run.target_keys if key.startswith("yolo_head_P")]
+    assert len(heads) == 6 and set(run.target_keys) == set(run.source)
+    keep = 5 + min(80, num_classes)
+    for key, tensor in run.source.items():
+        if key in heads:   # per anchor: box, objectness and the shared classes' rows
+            out = run.out[key].view(3, 5 + num_classes, *tensor.shape[1:])
+            assert torch.equal(out[:, :keep], tensor.view(3, 85, *tensor.shape[1:])[:, :keep]), key
+            assert run.step(key)["method"] == "yolo_head:3"
+        else:
+            assert torch.equal(run.out[key], tensor), key
+    assert_recipe_recorded(case, run.report)
+    assert_counts(run.report, targets=run.target_keys, loaded=len(counted(run.source)) - 6, resized=6, new=0,
+                  unused=0, sources=run.source)
+
+
+def test_resnet50_finetune_transfer(tmp_path: Path) -> None:
+    run = run_transfer(RESNET, tmp_path)
+    assert set(run.target_keys) == set(run.source)
+    assert run.out["fc.weight"].shape == (100, run.source["fc.weight"].shape[1])
+    for key, tensor in run.source.items():
+        if not key.startswith("fc."):
+            assert torch.equal(run.out[key], tensor), key
+    assert torch.equal(run.out["fc.weight"], expected_init("normal:0.01", "fc.weight", run.out["fc.weight"]))
+    assert abs(run.out["fc.weight"].std().item() - 0.01) < 0.002
+    assert torch.count_nonzero(run.out["fc.bias"]) == 0
+    assert {u["source"]: u["reason"] for u in run.report["unused"]} == {"fc.weight": "shape mismatch",
+                                                                        "fc.bias": "shape mismatch"}
+    assert_recipe_recorded(RESNET, run.report)
+    assert_counts(run.report, targets=run.target_keys, loaded=len(counted(run.source)) - 2, resized=0, new=2,
+                  unused=2, sources=run.source)
+
+
+def test_backbone_into_detector_transfer(tmp_path: Path) -> None:
+    run = run_transfer(DETECTOR, tmp_path)
+    body = {key: tensor for key, tensor in run.source.items() if not key.startswith("fc.")}
+    for key, tensor in body.items():
+        assert torch.equal(run.out[f"backbone.body.{key}"], tensor), key
+        assert run.step(f"backbone.body.{key}")["source"] == key
+    new = [key for key in run.target_keys if not key.startswith("backbone.body.")]
+    assert new and all(key.startswith(("backbone.fpn.", "head.")) for key in new)
+    assert not any(".fc." in key or key.startswith("fc.") for key in run.out)
+    assert {u["source"] for u in run.report["unused"]} == {"fc.weight", "fc.bias"}
+    assert_recipe_recorded(DETECTOR, run.report)
+    assert_counts(run.report, targets=run.target_keys, loaded=len(counted(body)), resized=0, new=len(new),
+                  unused=2, sources=run.source)
+
+
+def test_vit_image_size_transfer(tmp_path: Path) -> None:
+    run = run_transfer(VIT, tmp_path)
+    src, out = run.source["pos_embed"], run.out["pos_embed"]
+    dim = src.shape[-1]
+    assert src.shape == (1, 1 + 14 * 14, dim) and out.shape == (1, 1 + 24 * 24, dim)
+    assert torch.equal(out[:, :1], src[:, :1])             # the class token's embedding, kept
+    grid = src[:, 1:].reshape(1, 14, 14, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(24, 24), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out[:, 1:], grid.permute(0, 2, 3, 1).reshape(1, 576, dim))
+    for key, tensor in run.source.items():
+        if key != "pos_embed" and not key.startswith("head."):
+            assert torch.equal(run.out[key], tensor), key
+    assert run.out["head.weight"].shape == (100, dim)
+    assert torch.equal(run.out["head.weight"], expected_init("normal:0.02", "head.weight", run.out["head.weight"]))
+    assert torch.count_nonzero(run.out["head.bias"]) == 0
+    assert run.step("pos_embed")["method"] == "pos_embed:1"
+    assert_recipe_recorded(VIT, run.report)
+    assert_counts(run.report, targets=run.target_keys, loaded=len(run.source) - 3, resized=1, new=2, unused=2,
+                  sources=run.source)
+
+
+# --- the stand-ins are the real architectures at small widths ---------------------------------------------
+
+
+def test_resnet_standin_at_full_width_is_torchvision_resnet50() -> None:
+    with torch.device("meta"):
+        model = build(RESNET.model, {"num_classes": 1000, "width": 64})
+    state = model.state_dict()
+    assert len(state) == 320   # torchvision resnet50: 161 parameters, 53 BatchNorms x 3 buffers
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    assert state["fc.weight"].shape == (1000, 2048) and state["layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
+def test_vit_standin_at_full_width_is_timm_vit_base_patch16_224() -> None:
+    from ckptsurgeon.examples.vit import VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(224, 16, 1000, embed_dim=768, depth=12, num_heads=12)
+    assert len(model.state_dict()) == 152
+    assert sum(p.numel() for p in model.parameters()) == 86_567_656
+    assert model.pos_embed.shape == (1, 197, 768)
+
+
+def test_detector_holds_the_classifier_under_backbone_body() -> None:
+    classifier = counted(build(RESNET.model, {}).state_dict())
+    detector = counted(build(DETECTOR.model, {}).state_dict())
+    body = [key.removeprefix("backbone.body.") for key in detector if key.startswith("backbone.body.")]
+    assert body == [key for key in classifier if not key.startswith("fc.")]   # same names, same order
+    assert all(key.startswith(("backbone.body.", "backbone.fpn.", "head.")) for key in detector)
