@@ -8,7 +8,7 @@ import hashlib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -28,7 +28,6 @@ class Recipe:
     freeze: FreezeOptions
     origin: RecipeOrigin
     description: str = ""
-    patterns: tuple[tuple[str, str], ...] = field(default=(), compare=False)   # (table.key, pattern) to check
 
     @property
     def path(self) -> str:
@@ -68,11 +67,10 @@ def parse_recipe(data: dict[str, Any], origin: RecipeOrigin) -> Recipe:
         raise RecipeError(f"{origin.path}: schema = {schema} is not supported; this ckptsurgeon reads schema = "
                           f"{SCHEMA_VERSION}")
     description = root.take("description", str, "")
-    patterns: list[tuple[str, str]] = []
-    transfer = _transfer_options(root, patterns)
-    freeze = _freeze_options(root, patterns)
+    transfer = _transfer_options(root)
+    freeze = _freeze_options(root)
     root.no_other_keys()
-    return Recipe(transfer, freeze, origin, description, tuple(patterns))
+    return Recipe(transfer, freeze, origin, description)
 
 
 class Table:
@@ -142,19 +140,19 @@ def _kind_name(kind: Any) -> str:
             dict: "a table"}.get(kind, getattr(kind, "__name__", str(kind)))
 
 
-def _transfer_options(root: Table, patterns: list[tuple[str, str]]) -> TransferOptions:
+def _transfer_options(root: Table) -> TransferOptions:
     source = root.table("source")
     if "trust" in source.data:
         raise source.error("a recipe cannot run a pickle's code; pass --trust on the command line (or "
                            "trust=True in the library) for files you trust", "trust")
     container = source.take("container", str)
     source.no_other_keys()
-    plan = _plan_options(root, patterns)
-    gates = _gates(root.table("gates"), patterns)
+    plan = _plan_options(root)
+    gates = _gates(root.table("gates"))
     return TransferOptions(plan, container, False, gates)
 
 
-def _plan_options(root: Table, patterns: list[tuple[str, str]]) -> PlanOptions:
+def _plan_options(root: Table) -> PlanOptions:
     rename = _rename_rules(root.table("rename"))
     copy = _copy_rules(root.table("copy"))
     match = root.table("match")
@@ -166,8 +164,8 @@ def _plan_options(root: Table, patterns: list[tuple[str, str]]) -> PlanOptions:
         raise match.error(f"{unknown[0]!r} is not a pass that can be switched off ({', '.join(STRATEGY_SWITCHES)})",
                           "disable")
     match.no_other_keys()
-    resize = _pattern_rules(root.table("resize"), patterns, _check_resize)
-    init = _pattern_rules(root.table("init"), patterns, _check_init)
+    resize = _pattern_rules(root.table("resize"), _check_resize)
+    init = _pattern_rules(root.table("init"), _check_init)
     return PlanOptions(rename, resize, init, order_fallback, seed, copy, disable)
 
 
@@ -231,11 +229,10 @@ def _parse_copy(rule: str) -> None:
     parse_copy(rule)
 
 
-def _pattern_rules(table: Table, patterns: list[tuple[str, str]], check: Callable[[str], None]) -> tuple[str, ...]:
+def _pattern_rules(table: Table, check: Callable[[str], None]) -> tuple[str, ...]:
     rules = []
     for pattern, value in table.items(str):
         _checked(table, pattern, partial(check, f"{pattern}={value}"))
-        patterns.append((f"{table.name}.{pattern}", pattern))
         rules.append(f"{pattern}={value}")
     return tuple(rules)
 
@@ -260,7 +257,7 @@ def _checked(table: Table, key: str, check: Callable[[], object]) -> None:
         raise table.error(str(exc), key) from exc
 
 
-def _gates(table: Table, patterns: list[tuple[str, str]]) -> Gates:
+def _gates(table: Table) -> Gates:
     strict = table.take("strict", bool, False)
     allow_unused, allow_new = table.strings("allow_unused"), table.strings("allow_new")
     min_coverage = table.take("min_coverage", float)
@@ -270,7 +267,6 @@ def _gates(table: Table, patterns: list[tuple[str, str]]) -> Gates:
     for key, values in (("allow_unused", allow_unused), ("allow_new", allow_new)):
         for pattern in values:
             _checked(table, key, partial(_compile, pattern))
-            patterns.append((f"gates.{key}", pattern))
     return Gates(strict, allow_unused, allow_new, min_coverage)
 
 
@@ -280,14 +276,14 @@ def _compile(pattern: str) -> None:
     compile_pattern(pattern, "pattern")
 
 
-def _freeze_options(root: Table, patterns: list[tuple[str, str]]) -> FreezeOptions:
+def _freeze_options(root: Table) -> FreezeOptions:
     freeze = root.table("freeze")
     frozen, types = freeze.strings("patterns"), freeze.strings("types")
     transferred = freeze.take("transferred", bool, False)
     batchnorm = _choice(freeze, "batchnorm", BATCHNORM_POLICIES, "eval")
     mode = _choice(freeze, "mode", FREEZE_MODES, "requires_grad")
     freeze.no_other_keys()
-    _note_patterns(freeze, "patterns", frozen, patterns)
+    _check_patterns(freeze, "patterns", frozen)
     optimizer = root.table("optimizer")
     lr = _positive(optimizer, "lr")
     weight_decay = _positive(optimizer, "weight_decay", allow_zero=True)
@@ -295,10 +291,10 @@ def _freeze_options(root: Table, patterns: list[tuple[str, str]]) -> FreezeOptio
     layer_decay = _positive(optimizer, "layer_decay")
     if layer_decay is not None and layer_decay > 1:
         raise optimizer.error(f"expected a factor in (0, 1], got {layer_decay}", "layer_decay")
-    groups = tuple(_group(table, patterns) for table in optimizer.tables("groups"))
+    groups = tuple(_group(table) for table in optimizer.tables("groups"))
     optimizer.no_other_keys()
     _unique_group_names(optimizer, groups)
-    stages = tuple(_stage(table, groups, patterns) for table in root.tables("unfreeze"))
+    stages = tuple(_stage(table, groups) for table in root.tables("unfreeze"))
     return FreezeOptions(frozen, types, transferred, batchnorm, mode, tuple(sorted(stages, key=lambda s: s.epoch)),
                          lr, weight_decay, groups, layer_decay, no_decay)
 
@@ -317,13 +313,12 @@ def _positive(table: Table, key: str, *, allow_zero: bool = False) -> float | No
     return value
 
 
-def _note_patterns(table: Table, key: str, values: tuple[str, ...], patterns: list[tuple[str, str]]) -> None:
+def _check_patterns(table: Table, key: str, values: tuple[str, ...]) -> None:
     for pattern in values:
         _checked(table, key, partial(_compile, pattern))
-        patterns.append((f"{table.name}.{key}", pattern))
 
 
-def _group(table: Table, patterns: list[tuple[str, str]]) -> GroupRule:
+def _group(table: Table) -> GroupRule:
     name = table.take("name", str, required=True)
     selected = table.strings("patterns")
     if not selected:
@@ -331,7 +326,7 @@ def _group(table: Table, patterns: list[tuple[str, str]]) -> GroupRule:
     lr_scale = _positive(table, "lr_scale", allow_zero=True)
     weight_decay = _positive(table, "weight_decay", allow_zero=True)
     table.no_other_keys()
-    _note_patterns(table, "patterns", selected, patterns)
+    _check_patterns(table, "patterns", selected)
     return GroupRule(name, selected, 1.0 if lr_scale is None else lr_scale, weight_decay)
 
 
@@ -344,7 +339,7 @@ def _unique_group_names(table: Table, groups: tuple[GroupRule, ...]) -> None:
         seen.add(group.name)
 
 
-def _stage(table: Table, groups: tuple[GroupRule, ...], patterns: list[tuple[str, str]]) -> UnfreezeStage:
+def _stage(table: Table, groups: tuple[GroupRule, ...]) -> UnfreezeStage:
     epoch = table.take("epoch", int, required=True)
     if epoch < 0:
         raise table.error(f"expected an epoch >= 0, got {epoch}", "epoch")
@@ -355,5 +350,5 @@ def _stage(table: Table, groups: tuple[GroupRule, ...], patterns: list[tuple[str
     if group is not None and group not in {g.name for g in groups} | {DEFAULT_GROUP}:
         raise table.error(f"no [[optimizer.groups]] is named {group!r}", "group")
     table.no_other_keys()
-    _note_patterns(table, "patterns", selected, patterns)
+    _check_patterns(table, "patterns", selected)
     return UnfreezeStage(epoch, selected, group)
