@@ -94,6 +94,11 @@ class Suggestion(NamedTuple):
 
 @dataclass(frozen=True)
 class Plan:
+    """What happens to every target key (``steps``, in target order) and to every source key no step uses
+    (``unused``), with the places the checkpoint could not decide (``ambiguities``), the prefix move applied,
+    the options planned with, notes, and options that would load more (``suggestions``). Pure data: computed
+    from names, shapes and dtypes, rendered by the Report, run by :func:`~ckptsurgeon.apply.apply_to_model`."""
+
     steps: tuple[Step, ...]
     unused: tuple[Unused, ...]
     ambiguities: tuple[Ambiguity, ...] = ()
