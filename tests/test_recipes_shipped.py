@@ -17,9 +17,13 @@ import torch.nn.functional as F
 from click.testing import CliRunner, Result
 from safetensors.torch import load_file
 
+from ckptsurgeon import load_recipe, transfer
+from ckptsurgeon.model.schedule import FineTune
 from ckptsurgeon.apply import step_generator
+from ckptsurgeon.examples.resnet import ResNet
 from ckptsurgeon.cli import _register, cli
 from ckptsurgeon.init import initialize
+from ckptsurgeon.recipe import Recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SEED = 0   # the recipes set no [match] seed, so the initialisers use the default
@@ -57,7 +61,8 @@ SOURCE_BUILDERS = {DETECTOR.recipe: "ckptsurgeon.examples.resnet:build"}   # a c
 
 def build(spec: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    model: torch.nn.Module = getattr(importlib.import_module(module), name)(**kwargs)
+    return model
 
 
 def invoke(*args: str | Path) -> Result:
@@ -240,3 +245,198 @@ def test_detector_holds_the_classifier_under_backbone_body() -> None:
     body = [key.removeprefix("backbone.body.") for key in detector if key.startswith("backbone.body.")]
     assert body == [key for key in classifier if not key.startswith("fc.")]   # same names, same order
     assert all(key.startswith(("backbone.body.", "backbone.fpn.", "head.")) for key in detector)
+
+
+# --- recipe check --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_recipe_check_is_clean_on_its_standin(case: Case, tmp_path: Path) -> None:
+    """Every pattern of a shipped recipe selects something in its model, and with --source in its checkpoint."""
+    source = tmp_path / case.source_file
+    torch.save(build(SOURCE_BUILDERS.get(case.recipe, case.model), case.source_kwargs).state_dict(), source)
+    result = invoke("recipe", "check", case.path, "--model", case.model, "--model-kwargs",
+                    json.dumps(case.target_kwargs), "--source", source, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    checked = json.loads(result.stdout)
+    assert checked["warnings"] == []
+    assert checked["recipe"]["sha256"] == hashlib.sha256(case.path.read_bytes()).hexdigest()
+    assert all(use["selected"] for use in checked["patterns"]), checked["patterns"]
+
+
+# --- fine-tuning: FineTune with the recipe's freeze options on the transferred model ----------------------
+
+
+@dataclass
+class Tuned:
+    model: torch.nn.Module
+    recipe: Recipe
+    finetune: FineTune
+    source_path: Path
+
+
+def tuned(case: Case, tmp_path: Path) -> Tuned:
+    """The library path of a training script: load_recipe, transfer(recipe=), FineTune(...).start()."""
+    torch.manual_seed(0)
+    source_path = tmp_path / case.source_file
+    torch.save(build(SOURCE_BUILDERS.get(case.recipe, case.model), case.source_kwargs).state_dict(), source_path)
+    recipe = load_recipe(case.path)
+    model = build(case.model, case.target_kwargs)
+    report = transfer(source_path, model, recipe=recipe)
+    finetune = FineTune(model, recipe.freeze, report=report)
+    finetune.start()
+    return Tuned(model, recipe, finetune, source_path)
+
+
+def names_under(model: torch.nn.Module, *prefixes: str) -> set[str]:
+    """Parameter names under any of ``prefixes`` (all of them when none is given)."""
+    return {name for name, _ in model.named_parameters() if not prefixes or name.startswith(prefixes)}
+
+
+def frozen_now(model: torch.nn.Module) -> set[str]:
+    return {name for name, param in model.named_parameters() if not param.requires_grad}
+
+
+def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the parameters in ``optimizer``, with repeats if a parameter were in it twice."""
+    by_id = {id(param): name for name, param in model.named_parameters()}
+    return [by_id[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
+def batchnorms(model: torch.nn.Module, *prefixes: str) -> dict[str, torch.nn.Module]:
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (not prefixes or name.startswith(prefixes))}
+
+
+def statistics(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{name}.{stat}": getattr(module, stat).clone() for name, module in modules.items()
+            for stat in ("running_mean", "running_var")}
+
+
+def assert_no_decay_on_norms_and_biases(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                                        decay: float) -> None:
+    params = dict(model.named_parameters())
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            name = next(n for n, p in params.items() if p is param)
+            one_d = param.dim() <= 1 or name.endswith(".bias")
+            assert group["weight_decay"] == (0.0 if one_d else decay), (name, group["name"])
+
+
+def test_yolov7_se_head_finetune(tmp_path: Path) -> None:
+    run = tuned(SE_HEAD, tmp_path)
+    model = run.model
+    backbone = names_under(model, "backbone.")
+    assert frozen_now(model) == backbone
+    model.train()
+    frozen_bns, head_bns = batchnorms(model, "backbone."), batchnorms(model, "sppcspc.", "conv", "rep_conv")
+    before = statistics(frozen_bns)
+    model(torch.randn(2, 3, 64, 64))                       # a training step's forward, in model.train()
+    assert all(not bn.training for bn in frozen_bns.values())
+    assert all(torch.equal(value, statistics(frozen_bns)[key]) for key, value in before.items())
+    assert all(bn.training for bn in head_bns.values())   # the neck's BatchNorm trains as usual
+    optimizer = torch.optim.SGD(run.finetune.param_groups(), momentum=0.937, nesterov=True)   # groups carry the lr
+    assert sorted(optimizer_names(model, optimizer)) == sorted(names_under(model) - backbone)
+    assert {group["lr"] for group in optimizer.param_groups} == {0.01}
+    assert_no_decay_on_norms_and_biases(model, optimizer, 5e-4)
+    for epoch in range(50):                                # Freeze_Epoch = 50 of UnFreeze_Epoch = 300
+        assert run.finetune.on_epoch_start(epoch, optimizer) == []
+    assert frozen_now(model) == backbone
+    [stage] = run.finetune.on_epoch_start(50, optimizer)
+    assert stage.epoch == 50 and set(stage.freeze.changed) == backbone
+    assert frozen_now(model) == set()
+    assert sorted(optimizer_names(model, optimizer)) == sorted(names_under(model))   # each exactly once
+    assert {group["lr"] for group in optimizer.param_groups} == {0.01}
+    assert_no_decay_on_norms_and_biases(model, optimizer, 5e-4)
+    model.train()
+    model(torch.randn(2, 3, 64, 64))
+    assert all(bn.training for bn in frozen_bns.values())
+    assert not torch.equal(next(iter(before.values())), next(iter(statistics(frozen_bns).values())))
+    assert run.finetune.on_epoch_start(51, optimizer) == []
+    assert [stage["applied"] for stage in run.finetune.state_dict()["stages"]] == [True]
+
+
+def test_yolov7_num_classes_finetune_trains_everything(tmp_path: Path) -> None:
+    run = tuned(NUM_CLASSES, tmp_path)
+    assert frozen_now(run.model) == set() and run.recipe.freeze.unfreeze == ()
+    optimizer = torch.optim.SGD(run.finetune.param_groups(), momentum=0.937)
+    assert sorted(optimizer_names(run.model, optimizer)) == sorted(names_under(run.model))
+    assert_no_decay_on_norms_and_biases(run.model, optimizer, 5e-4)
+
+
+def test_resnet50_finetune_finetune(tmp_path: Path) -> None:
+    run = tuned(RESNET, tmp_path)
+    model = run.model
+    body = names_under(model, "conv1.", "bn1.", "layer")
+    assert frozen_now(model) == body and names_under(model) - body == {"fc.weight", "fc.bias"}
+    optimizer = torch.optim.SGD(run.finetune.param_groups(), momentum=0.9)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert set(groups) == {"default", "default/no_decay"}
+    assert optimizer_names(model, optimizer) == ["fc.weight", "fc.bias"]
+    assert groups["default"]["lr"] == 0.01 and groups["default"]["weight_decay"] == 1e-4
+    model.train()
+    all_bns, stats = batchnorms(model), statistics(batchnorms(model))
+    model(torch.randn(2, 3, 32, 32))
+    assert all(torch.equal(value, statistics(all_bns)[key]) for key, value in stats.items())
+    assert run.finetune.on_epoch_start(9, optimizer) == []
+    [stage] = run.finetune.on_epoch_start(10, optimizer)
+    layer4 = names_under(model, "layer4.")
+    assert set(stage.freeze.changed) == layer4 and frozen_now(model) == body - layer4
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert set(stage.groups) == {"layer4@10", "layer4/no_decay@10"} <= set(groups)
+    assert [groups[name]["lr"] for name in stage.groups] == pytest.approx([0.01 * 0.1] * 2)
+    assert {groups[name]["lr_scale"] for name in stage.groups} == {0.1}
+    assert sorted(optimizer_names(model, optimizer)) == sorted(layer4 | {"fc.weight", "fc.bias"})
+    stats = statistics(all_bns)
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    changed = {key.rpartition(".")[0] for key, value in stats.items() if not torch.equal(value, statistics(all_bns)[key])}
+    assert changed == set(batchnorms(model, "layer4.")) # layer4's BatchNorm trains again, layer1..3's stays
+
+
+def test_backbone_into_detector_finetune(tmp_path: Path) -> None:
+    run = tuned(DETECTOR, tmp_path)
+    model = run.model
+    body_bns = [name for name, module in model.named_modules()
+                if name.startswith("backbone.body.") and type(module).__name__ == "FrozenBatchNorm"]
+    assert len(body_bns) == 53 and batchnorms(model) == {}   # every BatchNorm swapped for a frozen one
+    assert not any(name.startswith(tuple(body_bns)) for name, _ in model.named_parameters())
+    stem = names_under(model, "backbone.body.conv1.", "backbone.body.layer1.")
+    assert frozen_now(model) == stem                      # trainable_backbone_layers = 3
+    assert names_under(model, "backbone.body.layer2.", "backbone.body.layer3.", "backbone.body.layer4.")
+    optimizer = torch.optim.SGD(run.finetune.param_groups(), momentum=0.9)
+    assert sorted(optimizer_names(model, optimizer)) == sorted(names_under(model) - stem)
+    source = torch.load(run.source_path, weights_only=True)
+    state = model.state_dict()                            # the frozen layers keep the checkpoint's keys and values
+    for key, tensor in source.items():
+        if not key.startswith("fc."):
+            assert torch.equal(state[f"backbone.body.{key}"], tensor), key
+    reference = ResNet().eval()
+    reference.load_state_dict(source)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    for ours, theirs in zip(model.get_submodule("backbone.body")(x), reference.stage_outputs(x)):
+        torch.testing.assert_close(ours, theirs)          # train mode, yet the pretrained statistics
+
+
+def test_vit_image_size_finetune(tmp_path: Path) -> None:
+    run = tuned(VIT, tmp_path)
+    model = run.model
+    assert frozen_now(model) == set()
+    optimizer = torch.optim.AdamW(run.finetune.param_groups(), betas=(0.9, 0.999))
+    assert sorted(optimizer_names(model, optimizer)) == sorted(names_under(model))
+    depth = len({name.split(".")[1] for name in names_under(model, "blocks.")})
+    by_id = {id(param): name for name, param in model.named_parameters()}
+    lr_of = {by_id[id(param)]: group for group in optimizer.param_groups for param in group["params"]}
+    for name, param in model.named_parameters():
+        if name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        elif name.startswith(("norm.", "head.")):
+            layer = depth + 1
+        else:                                             # cls_token, pos_embed, patch_embed
+            layer = 0
+        assert lr_of[name]["lr"] == pytest.approx(5e-4 * 0.75 ** (depth + 1 - layer)), name
+        no_decay = param.dim() <= 1 or name in ("cls_token", "pos_embed")
+        assert lr_of[name]["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert lr_of["head.weight"]["lr"] == pytest.approx(5e-4)
