@@ -43,8 +43,14 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
     )
     from .io.writer import write_state_dict as write_state_dict
     from .match import make_plan as make_plan
+    from .model.batchnorm import apply_batchnorm_policy as apply_batchnorm_policy
     from .model.build import build_model as build_model
+    from .model.describe import describe_keys as describe_keys, describe_model as describe_model
+    from .model.freeze import FreezeChange as FreezeChange, freeze as freeze, unfreeze as unfreeze
+    from .model.frozen_bn import FrozenBatchNorm as FrozenBatchNorm
+    from .model.groups import param_groups as param_groups
     from .model.inspect import inspect_model as inspect_model
+    from .model.schedule import FineTune as FineTune
     from .model.tied import tied_groups as tied_groups
     from .options import (
         FreezeOptions as FreezeOptions,
@@ -80,6 +86,9 @@ _PUBLIC = {
     "GroupRule": "options", "UnfreezeStage": "options", "RecipeOrigin": "options",
     "load_recipe": "recipe", "Recipe": "recipe",
     "build_model": "model.build", "inspect_model": "model.inspect", "tied_groups": "model.tied",
+    "FineTune": "model.schedule", "freeze": "model.freeze", "unfreeze": "model.freeze", "FreezeChange": "model.freeze",
+    "param_groups": "model.groups", "apply_batchnorm_policy": "model.batchnorm", "FrozenBatchNorm": "model.frozen_bn",
+    "describe_model": "model.describe", "describe_keys": "model.describe",
     "Report": "report", "ReportCounts": "report", "REPORT_SCHEMA": "report", "report_metadata": "report",
     "exact_name_outcome": "baseline",
     "TensorSpec": "specs", "specs_of": "specs",

@@ -14,6 +14,7 @@ DEFAULT_SEED = 0          # the initialisers' seed when none is given
 STRATEGY_SWITCHES = ("prefix", "align", "signature", "move", "regroup")
 
 BATCHNORM_POLICIES = ("eval", "frozen", "train")
+DEFAULT_GROUP = "default"   # the optimizer group of parameters no GroupRule selects
 FREEZE_MODES = ("requires_grad", "lr_zero")
 
 
@@ -128,7 +129,8 @@ class FreezeOptions:
         mode: ``requires_grad`` toggles ``requires_grad``; ``lr_zero`` (for DDP) keeps it and puts frozen
             parameters in groups whose learning rate is 0.
         unfreeze: the schedule, in epoch order.
-        lr, weight_decay: the optimizer's base values (None: the optimizer's own defaults).
+        lr, weight_decay: the base values every group's lr and weight decay derive from; without an ``lr``
+            here, pass one to ``FineTune(..., lr=)`` (groups always state their lr); weight decay defaults to 0.
         groups: named parameter groups with lr multipliers; the rest go to a ``default`` group.
         layer_decay: layer-wise lr decay (each block deeper than the head gets this factor once more).
         no_weight_decay_norm_bias: norm weights and biases get no weight decay.

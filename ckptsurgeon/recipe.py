@@ -13,11 +13,10 @@ from functools import partial
 from typing import Any, Callable
 
 from .errors import MappingError, OptionError, RecipeError
-from .options import (BATCHNORM_POLICIES, FREEZE_MODES, STRATEGY_SWITCHES, FreezeOptions, Gates, GroupRule,
-                      PlanOptions, RecipeOrigin, TransferOptions, UnfreezeStage)
+from .options import (BATCHNORM_POLICIES, DEFAULT_GROUP, FREEZE_MODES, STRATEGY_SWITCHES, FreezeOptions, Gates,
+                      GroupRule, PlanOptions, RecipeOrigin, TransferOptions, UnfreezeStage)
 
 SCHEMA_VERSION = 1
-DEFAULT_GROUP = "default"   # the optimizer group of parameters no [[optimizer.groups]] entry selects
 
 
 @dataclass(frozen=True)

@@ -75,16 +75,6 @@ class RecipeCheck:
         return self.target.label if self.target else "the target"
 
 
-def selects_under(pattern: str, option: str) -> Callable[[str], bool]:
-    """A freeze/unfreeze/group pattern: it selects a name it matches, or any name under a module it matches."""
-    matches = compile_pattern(pattern, option)
-
-    def selected(name: str) -> bool:
-        parts = name.split(".")
-        return any(matches(".".join(parts[:end])) for end in range(len(parts), 0, -1))
-    return selected
-
-
 def check_recipe(recipe: Recipe, target: Names | None = None, source: Names | None = None) -> RecipeCheck:
     """Every pattern of ``recipe`` with what it selects in ``target`` (and ``source``, where given)."""
     uses: list[PatternUse] = []
@@ -117,9 +107,12 @@ def _parameter_uses(recipe: Recipe, target: Names | None) -> list[PatternUse]:
     tables = [("freeze.patterns", freeze.freeze)]
     tables += [(f"unfreeze (epoch {stage.epoch})", stage.patterns) for stage in freeze.unfreeze]
     tables += [(f"optimizer.groups ({group.name})", group.patterns) for group in freeze.groups]
-    trainable = Names("", tuple(target.trainable())) if target else None
-    return [_use(table, pattern, "parameters", trainable, selects_under(pattern, table))
-            for table, patterns in tables for pattern in patterns]
+    from .model.selection import select_by_patterns
+
+    names = target.trainable() if target else None
+    return [PatternUse(table, selection.rule, "parameters", None if names is None else selection.names)
+            for table, patterns in tables
+            for selection in select_by_patterns(names or [], patterns, table)]
 
 
 def _use(table: str, pattern: str, applies_to: str, names: Names | None, matches: Callable[[str], bool]

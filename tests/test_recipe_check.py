@@ -12,7 +12,7 @@ from torch import nn
 import ckptsurgeon as cs
 from ckptsurgeon.cli import _register, cli
 from ckptsurgeon.recipe import load_recipe
-from ckptsurgeon.recipe_check import check_recipe, key_names, model_names, selects_under
+from ckptsurgeon.recipe_check import check_recipe, key_names, model_names
 
 _register()
 YOLO_SE = ["--model", "ckptsurgeon.examples.yolov7:build_yolov7", "--model-kwargs", '{"head_attention": "se"}']
@@ -58,13 +58,6 @@ def test_patterns_select_parameters_under_modules_and_target_keys(tmp_path: Path
     assert selected[("optimizer.groups (head)", r"re:^head\.")] == ("head.weight", "head.bias")
     assert result.warnings() == ["[init] 'nothing_like_this.*' selects no target keys of net",
                                  "[freeze.types] 'Conv3d' selects no modules of net"]
-
-
-def test_selects_under_takes_a_module_or_a_parameter() -> None:
-    selected = selects_under("layer4", "freeze")
-    assert selected("layer4.0.conv1.weight") and selected("layer4")
-    assert not selected("layer40.weight") and not selected("x.layer4.weight")
-    assert selects_under("*.bn*", "freeze")("layer1.0.bn2.weight")
 
 
 def test_cli_shows_selections_and_warns_for_patterns_that_select_nothing(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import OptionError
 from ..match.rules import compile_pattern
 from ..options import FreezeOptions
-from ..recipe import DEFAULT_GROUP
+from ..options import DEFAULT_GROUP
 from .selection import enclosing_names, parameter_shapes
 
 FROZEN_GROUP = "frozen"
