@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner, Result
 from safetensors.torch import load_file
 
-from ckptsurgeon import load_recipe, transfer
-from ckptsurgeon.model.schedule import FineTune
+from ckptsurgeon import FineTune, load_recipe, transfer
 from ckptsurgeon.apply import step_generator
 from ckptsurgeon.examples.resnet import ResNet
 from ckptsurgeon.cli import _register, cli
@@ -440,3 +439,56 @@ def test_vit_image_size_finetune(tmp_path: Path) -> None:
         no_decay = param.dim() <= 1 or name in ("cls_token", "pos_embed")
         assert lr_of[name]["weight_decay"] == (0.0 if no_decay else 0.05), name
     assert lr_of["head.weight"]["lr"] == pytest.approx(5e-4)
+
+
+# --- freeze --recipe: the CLI's view agrees with the library's ------------------------------------------
+
+
+def expected_frozen(recipe: str, names: set[str], bn_names: set[str], epoch: int) -> set[str]:
+    """What each recipe says is frozen at the start of ``epoch`` (parameter names of the fresh target model)."""
+    if recipe == SE_HEAD.recipe:
+        return {n for n in names if n.startswith("backbone.")} if epoch < 50 else set()
+    if recipe == RESNET.recipe:
+        return {n for n in names if not n.startswith("fc.") and (epoch < 10 or not n.startswith("layer4."))}
+    if recipe == DETECTOR.recipe:
+        stem = ("backbone.body.conv1.", "backbone.body.bn1.", "backbone.body.layer1.")
+        return {n for n in names if n.startswith(stem) or n.rpartition(".")[0] in bn_names}
+    return set()
+
+
+def expected_bn_modes(recipe: str, bn_names: set[str], epoch: int) -> dict[str, str]:
+    if recipe == SE_HEAD.recipe and epoch < 50:
+        return {n: "eval" if n.startswith("backbone.") else "train" for n in bn_names}
+    if recipe == RESNET.recipe:
+        return {n: "train" if epoch >= 10 and n.startswith("layer4.") else "eval" for n in bn_names}
+    if recipe == DETECTOR.recipe:
+        return {n: "frozen" for n in bn_names}
+    return {n: "train" for n in bn_names}
+
+
+@pytest.mark.parametrize(("case", "epoch"), [(SE_HEAD, 0), (SE_HEAD, 49), (SE_HEAD, 50), (NUM_CLASSES, 0),
+                                             (RESNET, 9), (RESNET, 10), (DETECTOR, 0), (VIT, 0)],
+                         ids=lambda value: value.recipe.removesuffix(".toml") if isinstance(value, Case) else str(value))
+def test_freeze_cli_agrees_with_the_recipe_and_the_library(case: Case, epoch: int) -> None:
+    result = invoke("freeze", "--model", case.model, "--model-kwargs", json.dumps(case.target_kwargs),
+                    "--recipe", case.path, "--epoch", str(epoch), "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""                            # no freeze pattern selects nothing
+    shown = json.loads(result.stdout)
+    assert shown["recipe"]["path"] == str(case.path) and shown["epoch"] == epoch
+    model = build(case.model, case.target_kwargs)
+    names = names_under(model)
+    bn_names = set(batchnorms(model))
+    frozen = expected_frozen(case.recipe, names, bn_names, epoch)
+    assert sum(row["frozen"] for row in shown["modules"]) == len(frozen)
+    assert sum(row["trainable"] for row in shown["modules"]) == len(names) - len(frozen)
+    for row in shown["modules"]:
+        assert row["frozen"] == len({n for n in frozen if n.split(".")[0] == row["module"]}), row
+    assert {layer["name"]: layer["mode"] for layer in shown["batchnorm"]} == expected_bn_modes(case.recipe, bn_names,
+                                                                                               epoch)
+    finetune = FineTune(model, load_recipe(case.path).freeze)   # the library, on the same model at the same epoch
+    finetune.start()
+    finetune.on_epoch_start(epoch, None)
+    library = [(g["name"], len(g["params"]), g["lr"], g["weight_decay"]) for g in finetune.param_groups()]
+    assert [(g["name"], g["count"], g["lr"], g["weight_decay"]) for g in shown["groups"]] == library
+    assert sum(count for _, count, _, _ in library) == len(names) - len(frozen)
