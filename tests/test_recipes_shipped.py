@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from ckptsurgeon import FineTune, load_recipe, transfer
 from ckptsurgeon.apply import step_generator
-from ckptsurgeon.examples.resnet import ResNet
 from ckptsurgeon.cli import _register, cli
+from ckptsurgeon.examples.resnet import ResNet
 from ckptsurgeon.init import initialize
 from ckptsurgeon.recipe import Recipe
 
@@ -80,7 +80,6 @@ class Transferred:
     target_keys: dict[str, tuple[int, ...]]      # the freshly built target model's keys and shapes
     out: dict[str, torch.Tensor]
     report: dict[str, Any]
-    result: Result
 
     def step(self, key: str) -> dict[str, Any]:
         return next(step for step in self.report["targets"] if step["target"] == key)
@@ -96,7 +95,7 @@ def run_transfer(case: Case, tmp_path: Path) -> Transferred:
                     "--recipe", case.path, "-o", out, "--report", report)
     assert result.exit_code == 0, result.output
     target = {k: tuple(v.shape) for k, v in build(case.model, case.target_kwargs).state_dict().items()}
-    return Transferred(source, target, load_file(str(out)), json.loads(report.read_text()), result)
+    return Transferred(source, target, load_file(str(out)), json.loads(report.read_text()))
 
 
 def expected_init(text: str, key: str, like: torch.Tensor) -> torch.Tensor:
