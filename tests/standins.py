@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptsurgeon.examples.attention import make_attention
+from ckptsurgeon.examples.vit import VisionTransformer
 
 
 class BasicBlock(nn.Module):
@@ -70,84 +71,14 @@ class TinyResNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-class Attention(nn.Module):
-    """timm-style self-attention: ``qkv`` (D -> 3D) and ``proj``."""
+class TinyViT(VisionTransformer):
+    """timm ViT naming (``ckptsurgeon.examples.vit``) at test sizes: ``cls_token``, ``pos_embed`` (1, 1 + N, D),
+    ``patch_embed.proj``, ``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``, ``head``."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(y.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``norm1``, ``attn``, ``norm2``, ``mlp``."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 4) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_ratio * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class TinyViT(nn.Module):
-    """timm ViT naming: ``cls_token``, ``pos_embed`` (1, 1 + N, D), ``patch_embed.proj``,
-    ``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``, ``head``."""
-
-    def __init__(
-        self,
-        img_size: int = 32,
-        patch_size: int = 8,
-        embed_dim: int = 16,
-        depth: int = 2,
-        num_heads: int = 2,
-        num_classes: int = 10,
-        in_chans: int = 3,
-    ) -> None:
-        super().__init__()
-        num_patches = (img_size // patch_size) ** 2
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + num_patches, embed_dim) * 0.02)
-        self.blocks = nn.Sequential(*(Block(embed_dim, num_heads) for _ in range(depth)))
-        self.norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(x)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
+    def __init__(self, img_size: int = 32, patch_size: int = 8, embed_dim: int = 16, depth: int = 2,
+                 num_heads: int = 2, num_classes: int = 10, in_chans: int = 3) -> None:
+        super().__init__(img_size, patch_size, num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                         in_chans=in_chans)
 
 
 class LayerNorm2d(nn.LayerNorm):
