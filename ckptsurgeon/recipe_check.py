@@ -4,6 +4,7 @@ meant for another architecture, so it is reported as a warning."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
@@ -52,6 +53,7 @@ class PatternUse:
     pattern: str
     applies_to: str      # "target keys", "parameters", "modules", "source keys"
     selected: tuple[str, ...] | None
+    shadowed: bool = False   # first-match tables: every key it selects, an earlier rule takes
 
     @property
     def selects_nothing(self) -> bool:
@@ -66,9 +68,15 @@ class RecipeCheck:
     uses: tuple[PatternUse, ...]
 
     def warnings(self) -> list[str]:
-        return [f"[{use.table}] '{use.pattern}' selects no {use.applies_to}"
-                f" of {self.source.label if use.applies_to == 'source keys' and self.source else self._target_label}"
-                for use in self.uses if use.selects_nothing]
+        out = []
+        for use in self.uses:
+            if use.selects_nothing:
+                where = self.source.label if use.applies_to == "source keys" and self.source else self._target_label
+                out.append(f"[{use.table}] '{use.pattern}' selects no {use.applies_to} of {where}")
+            elif use.shadowed:
+                out.append(f"[{use.table}] '{use.pattern}' never applies: the first rule that matches a key wins, "
+                           f"and an earlier rule takes every key it selects (keep the table's order)")
+        return out
 
     @property
     def _target_label(self) -> str:
@@ -86,9 +94,7 @@ def check_recipe(recipe: Recipe, target: Names | None = None, source: Names | No
         prefix = parse_copy(text).source_prefix
         uses.append(_use("copy", text, "source keys", source, _starting(prefix)))
     for table, rules in (("resize", plan.resize), ("init", plan.init)):
-        for text in rules:
-            pattern = text.rpartition("=")[0]
-            uses.append(_use(table, pattern, "target keys", target, compile_pattern(pattern, table)))
+        uses += _first_match_uses(table, rules, target)
     for pattern in gates.allow_new:
         uses.append(_use("gates.allow_new", pattern, "target keys", target, compile_pattern(pattern, "allow_new")))
     for pattern in gates.allow_unused:
@@ -100,6 +106,21 @@ def check_recipe(recipe: Recipe, target: Names | None = None, source: Names | No
         selected = None if types is None else tuple(path or "<root>" for path, name in types.items() if name == kind)
         uses.append(PatternUse("freeze.types", kind, "modules", selected))
     return RecipeCheck(recipe, target, source, tuple(uses))
+
+
+def _first_match_uses(table: str, rules: tuple[str, ...], target: Names | None) -> list[PatternUse]:
+    """Rules of a first-match table, each marked when the rules before it take every key it selects."""
+    uses: list[PatternUse] = []
+    taken: set[str] = set()
+    for text in rules:
+        pattern = text.rpartition("=")[0]
+        use = _use(table, pattern, "target keys", target, compile_pattern(pattern, table))
+        selected = use.selected or ()
+        if selected:
+            use = dataclasses.replace(use, shadowed=taken.issuperset(selected))
+            taken.update(selected)
+        uses.append(use)
+    return uses
 
 
 def _parameter_uses(recipe: Recipe, target: Names | None) -> list[PatternUse]:

@@ -106,3 +106,15 @@ def test_every_shipped_recipe_is_valid() -> None:
     for path in shipped:
         recipe = load_recipe(path)
         assert recipe.description, path
+
+
+def test_a_rule_an_earlier_one_shadows_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    # [init] takes the first matching rule: "head.*" first makes "head.weight" dead, which a formatter that
+    # sorts keys (or a careless edit) does silently
+    path.write_text('schema = 1\n[init]\n"head.*" = "zeros"\n"head.weight" = "normal:0.01"\n"body.*" = "ones"\n')
+    result = check_recipe(load_recipe(path), model_names(Net(), "net"))
+    assert [(use.pattern, use.shadowed) for use in result.uses] == [("head.*", False), ("head.weight", True),
+                                                                    ("body.*", False)]
+    assert result.warnings() == ["[init] 'head.weight' never applies: the first rule that matches a key wins, and "
+                                 "an earlier rule takes every key it selects (keep the table's order)"]
