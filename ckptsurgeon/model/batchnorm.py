@@ -8,7 +8,9 @@ module around it that holds any (a frozen block freezes the statistics of its af
 Layers that track no running statistics have nothing to keep and are left alone.
 
 - ``eval``: a forward pre-hook puts the layer in eval mode before every call, so ``model.train()`` (called
-  each epoch) cannot undo it; removing the hook undoes it.
+  each epoch) cannot undo it; removing the hook undoes it. (Right after ``model.train()`` the layer's
+  ``training`` flag reads True until its next forward; what it computes is always eval mode.
+  :func:`mode_of` tells the policy, not the flag.)
 - ``frozen``: the layer is replaced by a :class:`~.frozen_bn.FrozenBatchNorm` (same state-dict keys); the
   way back builds a layer of the original class with new parameters (frozen until an unfreeze selects them).
 - ``train``: the layer is left as it is.
