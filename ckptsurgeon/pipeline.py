@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .errors import MappingError
 from .io import Checkpoint, CheckpointInfo, open_checkpoint
@@ -82,10 +82,11 @@ def check_gates(plan: Plan, gates: Gates) -> list[str]:
     """Messages for every gate the plan fails (empty when all pass)."""
     failures = []
     if gates.strict:
-        unused = [u.source for u in plan.unused if not is_bookkeeping(u.source)
-                  and not _allowed(u.source, gates.allow_unused, "--allow-unused")]
-        new = [s.target for s in plan.steps if s.action == INIT and not is_bookkeeping(s.target)
-               and not _allowed(s.target, gates.allow_new, "--allow-new")]
+        unused_ok = [compile_pattern(pattern, "--allow-unused") for pattern in gates.allow_unused]
+        new_ok = [compile_pattern(pattern, "--allow-new") for pattern in gates.allow_new]
+        unused = [u.source for u in plan.unused if not is_bookkeeping(u.source) and not _any(unused_ok, u.source)]
+        new = [s.target for s in plan.steps
+               if s.action == INIT and not is_bookkeeping(s.target) and not _any(new_ok, s.target)]
         if unused:
             failures.append(f"--strict: {len(unused)} source tensors unused (e.g. {unused[0]}); "
                             f"allow them with --allow-unused PATTERN")
@@ -101,8 +102,8 @@ def check_gates(plan: Plan, gates: Gates) -> list[str]:
     return failures
 
 
-def _allowed(name: str, patterns: Iterable[str], option: str) -> bool:
-    return any(compile_pattern(pattern, option)(name) for pattern in patterns)
+def _any(predicates: Iterable[Callable[[str], bool]], name: str) -> bool:
+    return any(matches(name) for matches in predicates)
 
 
 def run_transfer(source: Any, target: TransferTarget, options: TransferOptions, *, dry_run: bool = False,
