@@ -63,13 +63,15 @@ class Step(NamedTuple):
 
 
 class Unused(NamedTuple):
-    """A source key no target key uses, and why."""
+    """A source key no target key uses, and why (``place``: for a shape mismatch, the target key it was
+    paired with)."""
 
     source: str
     shape: tuple[int, ...]
     dtype: str
     reason: str
     detail: str = ""
+    place: str | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any
 from . import __version__
 from .io.reader import CheckpointInfo
 from .options import RecipeOrigin
-from .plan import COPY, INIT, RESIZE, Plan, Step, is_bookkeeping
+from .plan import COPY, INIT, RESIZE, Plan, Step, Unused, is_bookkeeping
 from .report_render import ROOT, group_names, render_headline, render_markdown, render_terminal, short_dtype
 from .resize import elements_from_source
 from .specs import format_shape
@@ -265,3 +265,26 @@ def _write_text(path: str | os.PathLike[str], text: str) -> None:
     with open(partial, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(partial, path)
+
+
+def read_report_plan(path: str | os.PathLike[str]) -> Plan:
+    """The plan a JSON report (``ckptsurgeon.report/1``) describes: its steps and unused keys, enough to pair
+    modules again (``verify --report``)."""
+    from .errors import MappingError
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        steps = tuple(Step(t["target"], t["action"], tuple(t["target_shape"]), t["target_dtype"], t["source"],
+                           None if t["source_shape"] is None else tuple(t["source_shape"]), t["source_dtype"],
+                           t["strategy"], t["method"], t["reason"], t["fill"]) for t in data["targets"])
+        unused = tuple(Unused(u["source"], tuple(u["shape"]), u["dtype"], u["reason"], u["detail"])
+                       for u in data["unused"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MappingError(f"{path}: not a readable transfer report ({type(exc).__name__}: {exc}); give the JSON "
+                           f"that `transfer --report` wrote") from exc
+    if data.get("schema") != REPORT_SCHEMA:
+        raise MappingError(f"{path}: report schema {data.get('schema')!r}, this ckptsurgeon reads {REPORT_SCHEMA}")
+    move = data.get("prefix_move")
+    return Plan(steps, unused, prefix_move=(move["removed"], move["added"]) if move else None)

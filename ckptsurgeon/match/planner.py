@@ -267,5 +267,6 @@ def _unused(source: Mapping[str, TensorSpec], steps: tuple[Step, ...], dropped: 
             reason, detail = AMBIGUOUS, "identical modules: the checkpoint cannot tell which target it belongs to"
         else:
             reason, detail = NO_MATCH, ""
-        out.append(Unused(name, spec.shape, spec.dtype, reason, detail))
+        out.append(Unused(name, spec.shape, spec.dtype, reason, detail,
+                          paired[name].target if reason == SHAPE_MISMATCH else None))
     return tuple(out)

@@ -55,3 +55,24 @@ def build_model(spec: str, kwargs: dict[str, Any] | None = None, *, search_path:
     if not hasattr(model, "state_dict"):
         raise ModelBuildError(f"--model {spec!r}: returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def load_weights(model: Any, path: str, option: str = "--weights") -> Any:
+    """Load a checkpoint (read safely, any supported format) into ``model`` with ``strict=True``; a mismatch
+    names the file and the keys."""
+    from ..io import open_checkpoint
+
+    with open_checkpoint(path) as checkpoint:
+        state = {name: checkpoint[name] for name in checkpoint}
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = ([f"{len(missing)} keys missing (e.g. {missing[0]})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+                ([f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}"]
+                 if wrong else [])
+        raise ModelBuildError(f"{option} {path} does not fit the model: {'; '.join(parts)}; give the weights "
+                              f"this architecture was saved with (for a modified model: the transfer's OUT)")
+    model.load_state_dict(state, strict=True)
+    return model
