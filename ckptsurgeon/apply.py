@@ -11,7 +11,8 @@ import zlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import MappingError
-from .plan import COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, Plan, Step, is_bookkeeping
+from .init import IDENTITY
+from .plan import COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, ModuleStart, Plan, Step, is_bookkeeping
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +65,11 @@ def _source_of(step: Step) -> str:
 
 def _initialised(method: str, step: Step, initial: Callable[[], torch.Tensor], seed: int | None) -> torch.Tensor:
     like = initial()
+    if method.partition(":")[0] == IDENTITY:
+        if like.is_meta:
+            raise MappingError(f"{step.target}: the target is on the meta device; an identity start sets some of a "
+                               f"module's tensors from the others, so build the model on a real device")
+        return like   # set with its module, once the whole state is loaded (start_identities)
     if method == KEEP_TARGET:
         if like.is_meta and is_bookkeeping(step.target):
             import torch
@@ -83,8 +89,34 @@ def _initialised(method: str, step: Step, initial: Callable[[], torch.Tensor], s
 
 
 def apply_to_model(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Module, *,
-                   seed: int | None = None) -> None:
-    """Load the planned tensors into ``model`` with ``strict=True``; meta-device models get ``assign=True``."""
+                   seed: int | None = None) -> tuple[ModuleStart, ...]:
+    """Load the planned tensors into ``model`` with ``strict=True`` (meta-device models get ``assign=True``),
+    then start the modules an ``identity`` rule names as the identity; returns what each of those did."""
+    _load(plan, source, model, seed)
+    return start_identities(plan, model)
+
+
+def identity_modules(plan: Plan) -> list[str]:
+    """The modules the plan starts as the identity, in target order."""
+    methods = (step.method or "" for step in plan.steps if step.action == INIT)
+    return list(dict.fromkeys(module for name, _, module in (m.partition(":") for m in methods) if name == IDENTITY))
+
+
+def start_identities(plan: Plan, model: torch.nn.Module) -> tuple[ModuleStart, ...]:
+    """Set each identity module's tensors from its structure (:func:`~ckptsurgeon.model.identity.identity_for`)."""
+    modules = identity_modules(plan)
+    if not modules:
+        return ()
+    from .model.identity import identity_for
+
+    started = []
+    for module in modules:
+        result = identity_for(model, module)
+        started.append(ModuleStart(module, result.kind, result.ok, result.reason, result.expected_error))
+    return tuple(started)
+
+
+def _load(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Module, seed: int | None) -> None:
     current = model.state_dict()
     new_state = {step.target: tensor_for_step(step, source, functools.partial(current.__getitem__, step.target), seed)
                  for step in plan.steps}
@@ -111,6 +143,10 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
     """
     from .io.writer import write_streamed
     from .specs import TensorSpec
+
+    if identity_modules(plan):
+        raise MappingError(f"an identity start ({identity_modules(plan)[0]}) reads the module's structure: transfer "
+                           f"into a live model (--model MODULE:CALLABLE), not a template checkpoint")
 
     specs = [TensorSpec(step.target, step.target_shape, step.target_dtype) for step in plan.steps]
     by_target = {step.target: step for step in plan.steps}

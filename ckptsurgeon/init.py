@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 DEFAULT_STD = 0.02
+# A module-level initialiser (``--init 'feat*_att=identity'``): the plan names the module (``identity:feat1_att``)
+# and applying it sets that module's tensors so it starts as the identity (see ckptsurgeon.model.identity).
+IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,12 @@ def parse_init(text: str) -> tuple[str, float | None]:
     """
     name, sep, raw = text.strip().partition(":")
     name = name.strip()
+    if name == IDENTITY:
+        return name, None   # its argument, set by the planner, is the module's path
     init = INITIALIZERS.get(name)
     if init is None:
-        raise MappingError(f"unknown initializer {name!r} in {text!r}; known: {', '.join(INITIALIZERS)}")
+        raise MappingError(f"unknown initializer {name!r} in {text!r}; known: {', '.join(INITIALIZERS)}, "
+                           f"{IDENTITY} (for a module)")
     if not sep:
         if init.arg == "required":
             raise MappingError(f"initializer {name!r} needs a value, e.g. {name}:0.5")
@@ -169,6 +175,8 @@ def check_init(text: str, shape: tuple[int, ...], *, dtype: str | None = None) -
     the caller decides what those get instead (their initial values, zeros, ...).
     """
     name, _ = parse_init(text)
+    if name == IDENTITY:
+        return None   # decided per module when applied, from its structure
     init = INITIALIZERS[name]
     if init.random and dtype is not None and dtype not in FLOATING:
         return f"{name} draws random values and needs a floating dtype, got {dtype}"
@@ -178,6 +186,9 @@ def check_init(text: str, shape: tuple[int, ...], *, dtype: str | None = None) -
 def describe_init(text: str) -> str:
     """Human text for reports: ``"normal(std=0.02)"``, ``"constant(0.5)"``, ``"zeros"``."""
     name, value = parse_init(text)
+    if name == IDENTITY:
+        module = text.partition(":")[2]
+        return f"identity of its module {module}" if module else "identity of its module"
     return INITIALIZERS[name].describe(_value_of(name, value))
 
 

@@ -134,7 +134,9 @@ def run_transfer(source: Any, target: TransferTarget, options: TransferOptions, 
     from .apply import apply_to_model
 
     assert target.model is not None   # a TransferTarget holds a model or a template
-    apply_to_model(plan, checkpoint, target.model, seed=seed)
+    started = apply_to_model(plan, checkpoint, target.model, seed=seed)
+    if started:
+        report = dataclasses.replace(report, identity=started)
     if out is not None:
         from .io.writer import write_state_dict
 

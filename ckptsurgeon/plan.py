@@ -74,6 +74,18 @@ class Unused(NamedTuple):
     place: str | None = None
 
 
+class ModuleStart(NamedTuple):
+    """What applying an ``identity`` rule did to one module: the structure found (``residual``, ``gate``,
+    ``dirac``, ``none``), whether it starts as the identity, why (or why not), and the relative error its
+    start leaves (0 for exact kinds, ``1 - sigmoid(bias)`` for an open gate, None when not ``ok``)."""
+
+    module: str
+    kind: str
+    ok: bool
+    reason: str
+    expected_error: float | None = None
+
+
 @dataclass(frozen=True)
 class Ambiguity:
     """A place where the checkpoint cannot tell which reading is right; the plan took ``chosen``."""

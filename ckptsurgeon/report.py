@@ -22,7 +22,8 @@ JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
     unused [{source, shape, dtype, reason, detail}],
     ambiguities [{container, chosen, alternative, rename_rule}],
     suggestions [{option, reason, loads_more}]   options that would load more, each checked by planning with it,
-    warnings [str], gate_failures [str]
+    warnings [str], gate_failures [str],
+    identity [{module, kind, ok, reason, expected_error}]   modules an identity rule started (applied reports)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 from . import __version__
 from .io.reader import CheckpointInfo
 from .options import RecipeOrigin
-from .plan import COPY, INIT, RESIZE, Plan, Step, Unused, is_bookkeeping
+from .plan import COPY, INIT, RESIZE, ModuleStart, Plan, Step, Unused, is_bookkeeping
 from .report_render import ROOT, group_names, render_headline, render_markdown, render_terminal, short_dtype
 from .resize import elements_from_source
 from .specs import format_shape
@@ -112,6 +113,7 @@ class Report:
     inputs: dict[str, str] = field(default_factory=dict)
     parameters: frozenset[str] | None = None   # target keys that are parameters; None: the target does not say
     recipe: RecipeOrigin | None = None   # the recipe the options came from
+    identity: tuple[ModuleStart, ...] = ()   # modules an identity rule started (known once applied)
 
     def counts(self) -> ReportCounts:
         return count_plan(self.plan, self.parameters)
@@ -142,6 +144,8 @@ class Report:
             out.append(f"{n} ambiguous place{'s' if n != 1 else ''}: the checkpoint cannot tell which reading "
                        f"is right; the plan took one (see 'ambiguous' for the other and the --rename that "
                        f"states it)")
+        out += [f"{start.module} cannot start as the identity: {start.reason}" for start in self.identity
+                if not start.ok]
         return out + list(plan.notes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +179,7 @@ class Report:
             "suggestions": [s._asdict() for s in plan.suggestions],
             "warnings": self.warnings(),
             "gate_failures": list(self.gate_failures),
+            "identity": [start._asdict() for start in self.identity],
         }
 
     def render(self, *, color: bool = False, verbose: bool = False) -> str:

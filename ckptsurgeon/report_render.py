@@ -224,6 +224,9 @@ def context_lines(report: "Report", verbose: bool) -> list[str]:
     lines = [f"{label}: {', '.join(names)}{note}" for label, names, note in _context(report)]
     lines.append("applied: tensors were read and transferred" if report.applied
                  else "dry run: no tensor data read, nothing written")
+    started = [f"{start.module} ({start.kind})" for start in report.identity if start.ok]
+    if started:
+        lines.append(f"started as the identity: {', '.join(started)}")
     if verbose:
         lines.append(f"options: {json.dumps(report.plan.options.as_dict())}")
         lines += [f"input {key}: {value}" for key, value in report.inputs.items()]

@@ -190,18 +190,30 @@ def _spread_ties(pairs: dict[str, tuple[str, str]], tied: Iterable[Iterable[str]
 
 def _init_for(spec: TensorSpec, rules: list[PatternRule]) -> tuple[str, str]:
     """The first --init rule that can fill this tensor, or the target's own values; and a note why."""
-    from ..init import check_init
+    from ..init import IDENTITY, check_init
 
     skipped = []
     chosen = KEEP_TARGET
     for rule in rules:
-        if rule.matches(spec.name):
+        if rule.value == IDENTITY:
+            module = _outermost_module(rule, spec.name)
+            if module is not None:
+                chosen = f"{IDENTITY}:{module}"
+                break
+        elif rule.matches(spec.name):
             problem = check_init(rule.value, spec.shape, dtype=spec.dtype)
             if problem is None:
                 chosen = rule.value
                 break
             skipped.append(f"--init '{rule.text}' skipped: {problem}")
     return chosen, "".join(f"; {note}" for note in skipped)
+
+
+def _outermost_module(rule: PatternRule, name: str) -> str | None:
+    """The outermost module around ``name`` that an identity rule's pattern names (``feat*_att`` for
+    ``feat1_att.fc.2.weight``), or None."""
+    parts = name.split(".")[:-1]
+    return next((module for end in range(1, len(parts) + 1) if rule.matches(module := ".".join(parts[:end]))), None)
 
 
 def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[str, TensorSpec],

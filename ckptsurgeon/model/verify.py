@@ -10,6 +10,7 @@ that point). The relative error is ``max |delta| / max |reference|``.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -102,7 +103,19 @@ def verify(original: nn.Module, modified: nn.Module, *, plan: Plan | None = None
     recorder = _Comparer(modified, pairs, reference, tolerance)
     final = recorder.run(args)
     outputs = tuple(_compare_outputs(final_reference, final, tolerance, list(pairs.resized.values())))
-    return Verification(tuple(recorder.differences), outputs, tolerance, pairs.inserted, tuple(recorder.notes))
+    changed = [name for name in pairs.inserted if any(d.exceeds for d in recorder.differences if d.name == name)]
+    notes = recorder.notes + [_identity_hint(modified, name) for name in changed]
+    return Verification(tuple(recorder.differences), outputs, tolerance, pairs.inserted, tuple(notes))
+
+
+def _identity_hint(model: nn.Module, name: str) -> str:
+    """Whether an inserted module that changes the function could start as the identity (tried on a copy)."""
+    from .identity import make_identity
+
+    result = make_identity(copy.deepcopy(model.get_submodule(name)))
+    if result.ok:
+        return f"{name}: --init '{name}=identity' starts it as the identity ({result.kind})"
+    return f"{name}: no weights make it the identity: {result.reason}"
 
 
 def _plan_between(original: nn.Module, modified: nn.Module) -> Plan:
