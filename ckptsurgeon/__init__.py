@@ -26,6 +26,7 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
         ModelBuildError as ModelBuildError,
         OptionError as OptionError,
         OutputError as OutputError,
+        ProbeError as ProbeError,
         RecipeError as RecipeError,
         ShapeError as ShapeError,
         SurgeonError as SurgeonError,
@@ -49,9 +50,12 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
     from .model.freeze import FreezeChange as FreezeChange, freeze as freeze, unfreeze as unfreeze
     from .model.frozen_bn import FrozenBatchNorm as FrozenBatchNorm
     from .model.groups import param_groups as param_groups
+    from .model.identity import IdentityInit as IdentityInit, identity_for as identity_for, make_identity as make_identity
     from .model.inspect import inspect_model as inspect_model
     from .model.schedule import FineTune as FineTune
+    from .model.probe import Probe as Probe, compare_probes as compare_probes, probe as probe
     from .model.tied import tied_groups as tied_groups
+    from .model.verify import Verification as Verification, verify as verify
     from .options import (
         FreezeOptions as FreezeOptions,
         Gates as Gates,
@@ -89,6 +93,9 @@ _PUBLIC = {
     "FineTune": "model.schedule", "freeze": "model.freeze", "unfreeze": "model.freeze", "FreezeChange": "model.freeze",
     "param_groups": "model.groups", "apply_batchnorm_policy": "model.batchnorm", "FrozenBatchNorm": "model.frozen_bn",
     "describe_model": "model.describe", "describe_keys": "model.describe",
+    "verify": "model.verify", "Verification": "model.verify",
+    "probe": "model.probe", "compare_probes": "model.probe", "Probe": "model.probe", "ProbeError": "errors",
+    "make_identity": "model.identity", "identity_for": "model.identity", "IdentityInit": "model.identity",
     "Report": "report", "ReportCounts": "report", "REPORT_SCHEMA": "report", "report_metadata": "report",
     "exact_name_outcome": "baseline",
     "TensorSpec": "specs", "specs_of": "specs",

@@ -53,3 +53,8 @@ class LimitError(CheckpointFormatError):
 
 class OptionError(SurgeonError):
     """An option value that cannot be used (e.g. ``--atol nan``)."""
+
+
+class ProbeError(SurgeonError):
+    """A module that does not exist or is not called, bad input shapes, or a forward that fails on every
+    device tried (the message names the innermost module that raised and the shapes it was given)."""

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .nested import Difference, Node, Where, Wording, compare_nodes, flatten
-from .probe_run import ForwardFailed, ProbeError, Recorder, make_inputs, one_line, to_meta
+from ..errors import ProbeError as ProbeError
+from .probe_run import ForwardFailed, Recorder, make_inputs, one_line, to_meta
 
 __all__ = ["Probe", "ProbeError", "Stage", "StagePair", "compare_probes", "copy_to_meta", "find_module", "pair_stages",
            "probe"]

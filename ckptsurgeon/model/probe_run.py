@@ -13,13 +13,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import SurgeonError
+from ..errors import ProbeError
 from .nested import Node, Where, describe_value, flatten
-
-
-class ProbeError(SurgeonError):
-    """A module that does not exist or is not called, bad input shapes, or a forward that fails on every
-    device tried (the message names the innermost module that raised and the shapes it was given)."""
 
 
 class ForwardFailed(Exception):
