@@ -356,13 +356,21 @@ class SpineReader:
             return Path("none", reason="a sum or product with a constant is not the identity")
         return max(attempts, key=lambda path: (path.ok, path.score))
 
-    def _residual(self, node: fx.Node, spine: fx.Node, branch: fx.Node) -> Path:
-        fold, inner = self.zeros.fold(branch), self.path(spine)
+    def _operand(self, node: fx.Node, spine: fx.Node, operand: fx.Node, folder: Folder, form: str
+                 ) -> tuple[Fold, Path, Path | None]:
+        """Fold a residual branch or a gate (``form``: ``x + f(x)``, ``x * g(x)``) and read the spine before
+        it; the third item is the answer already, when either of them decides it."""
+        fold, inner = folder.fold(operand), self.path(spine)
         if fold.value is None:
-            return Path(inner.kind, score=2 if inner.ok else 0, reason=f"{self._describe(node)} is not x + f(x) "
-                        f"with f ending in a conv, linear or norm layer: {fold.reason}")
-        if not inner.ok:
-            return replace(inner, score=1)
+            return fold, inner, Path(inner.kind, score=2 if inner.ok else 0, reason=(
+                f"{self._describe(node)} is not {form} with {form[-4]} ending in a conv, linear or norm layer: "
+                f"{fold.reason}"))
+        return fold, inner, (None if inner.ok else replace(inner, score=1))
+
+    def _residual(self, node: fx.Node, spine: fx.Node, branch: fx.Node) -> Path:
+        fold, inner, decided = self._operand(node, spine, branch, self.zeros, "x + f(x)")
+        if decided is not None:
+            return decided
         leaves = self._names(fold.leaves)
         stuck = self._without(fold, "weight")
         if stuck:
@@ -377,12 +385,9 @@ class SpineReader:
         return inner.then("residual", settings, 1.0, (step,), fold.leaves)
 
     def _gate(self, node: fx.Node, spine: fx.Node, gate: fx.Node) -> Path:
-        fold, inner = self.gates.fold(gate), self.path(spine)
-        if fold.value is None:
-            return Path(inner.kind, score=2 if inner.ok else 0, reason=f"{self._describe(node)} is not x * g(x) "
-                        f"with g ending in a conv, linear or norm layer: {fold.reason}")
-        if not inner.ok:
-            return replace(inner, score=1)
+        fold, inner, decided = self._operand(node, spine, gate, self.gates, "x * g(x)")
+        if decided is not None:
+            return decided
         refusal = self._gate_refusal(fold)
         if refusal is not None:
             return Path("gate", score=3, reason=refusal)
