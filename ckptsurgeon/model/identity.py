@@ -371,6 +371,7 @@ class SpineReader:
         fold, inner, decided = self._operand(node, spine, branch, self.zeros, "x + f(x)")
         if decided is not None:
             return decided
+        assert fold.value is not None   # a fold without a value decides (_operand)
         leaves = self._names(fold.leaves)
         stuck = self._without(fold, "weight")
         if stuck:
@@ -388,6 +389,7 @@ class SpineReader:
         fold, inner, decided = self._operand(node, spine, gate, self.gates, "x * g(x)")
         if decided is not None:
             return decided
+        assert fold.value is not None   # a fold without a value decides (_operand)
         refusal = self._gate_refusal(fold)
         if refusal is not None:
             return Path("gate", score=3, reason=refusal)
