@@ -7,15 +7,32 @@ one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Iterator, NamedTuple
 
 # re-exported: a plan records its options, and its readers use the seed default
 from .options import DEFAULT_SEED as DEFAULT_SEED, PlanOptions as PlanOptions
 
-# Step actions
-COPY = "copy"        # the source tensor as is (cast to the target dtype if they differ)
-RESIZE = "resize"    # a source tensor of another shape, through a named resize method
-INIT = "init"        # new: the target's own initial values, or a named initialiser
+class Action(StrEnum):
+    """What a step does to produce its target tensor."""
+
+    COPY = "copy"          # the source tensor as is (cast to the target dtype if they differ)
+    RESIZE = "resize"      # a source tensor of another shape, through a named resize method
+    INIT = "init"          # new: the target's own initial values, or a named initialiser
+    COMPUTE = "compute"    # computed from several sources by a named operation (ckptsurgeon.operations)
+
+
+COPY, RESIZE, INIT, COMPUTE = Action.COPY, Action.RESIZE, Action.INIT, Action.COMPUTE
+
+
+class ReasonKind(StrEnum):
+    """Why a step does what it does, for renderers that group steps without parsing the prose ``reason``."""
+
+    MATCHED = "matched"                # copy / resize: ``strategy`` says by what evidence
+    NO_SOURCE = "no source"            # new: nothing in the source matches
+    SHAPE_MISMATCH = "shape mismatch"  # new: a source matches but its shape differs and no resize applies
+    COUNTER = "counter"                # a bookkeeping counter that starts afresh
+    OPERATION = "operation"            # computed by an operation, or copied by a surgery command
 
 # Strategies: which kind of evidence paired a source key with a target key
 EXACT = "exact"            # same name, structure around it agrees
@@ -52,10 +69,19 @@ class Step(NamedTuple):
     method: str | None = None      # resize method ("slice_pad", "yolo_head:3") or init ("target", "normal:0.01")
     reason: str = ""
     fill: str | None = None        # resize steps: how the part the source does not cover starts (an init)
+    operands: tuple[tuple[int, str], ...] = ()   # (input, key) of every source when not just ``source`` of input 0
+    reason_kind: str = ""          # a ReasonKind
+
+    @property
+    def sources(self) -> tuple[tuple[int, str], ...]:
+        """(input index, key) of every tensor this step reads: ``operands``, or ``source`` of input 0."""
+        if self.operands:
+            return self.operands
+        return ((0, self.source),) if self.source is not None else ()
 
     @property
     def is_transferred(self) -> bool:
-        return self.action in (COPY, RESIZE)
+        return self.action in (COPY, RESIZE, COMPUTE)
 
     @property
     def is_cast(self) -> bool:
@@ -135,8 +161,9 @@ class Plan:
         return tuple(step for step in self.steps if step.is_transferred)
 
     def sources_needed(self) -> list[str]:
-        """Source keys the apply step must read, each once, in target order."""
-        return list(dict.fromkeys(step.source for step in self.steps if step.source and step.is_transferred))
+        """Source keys (of input 0) the apply step must read, each once, in target order."""
+        return list(dict.fromkeys(key for step in self.steps if step.is_transferred
+                                  for index, key in step.sources if index == 0))
 
 
 def is_bookkeeping(name: str) -> bool:

@@ -8,7 +8,7 @@ values: all of a copy, and of a resize only what its method takes from the sourc
 is which (a live model, a pickled module); the ``param_numel_*`` counts are null otherwise.
 No torch: a dry run renders without it.
 
-JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
+JSON schema ``ckptsurgeon.report/2`` (:meth:`Report.to_dict`; ``report/1`` had ``source`` where ``sources`` is)::
 
     schema, tool_version, created (UTC ISO 8601), source, target, output (null when nothing was written),
     applied (false for a dry run), inputs {str: str}, recipe {path, sha256} | null, container, container_reason, stripped_prefixes [str],
@@ -17,8 +17,9 @@ JSON schema ``ckptsurgeon.report/1`` (:meth:`Report.to_dict`)::
     counts {targets, loaded, resized, new, unused_sources, sources, ambiguous, cast, numel_target,
             numel_from_source, param_numel_target, param_numel_from_source},
     headline, coverage [{module, transferred, total}],
-    targets [{target, action, source, strategy, method, source_shape, target_shape, source_dtype,
-              target_dtype, fill, reason}]   one per plan step, in plan order; shapes are lists or null
+    targets [{target, action, sources [{input, key}], strategy, method, source_shape, target_shape,
+              source_dtype, target_dtype, fill, reason, reason_kind}]   one per plan step, in plan order;
+              shapes are lists or null; ``input`` indexes the command's inputs (0 for a transfer's source)
     unused [{source, shape, dtype, reason, detail}],
     ambiguities [{container, chosen, alternative, rename_rule}],
     suggestions [{option, reason, loads_more}]   options that would load more, each checked by planning with it,
@@ -45,7 +46,8 @@ from .resize import elements_from_source
 from .specs import format_shape
 from .views import human_count
 
-REPORT_SCHEMA = "ckptsurgeon.report/1"
+REPORT_SCHEMA = "ckptsurgeon.report/2"
+READABLE_SCHEMAS = ("ckptsurgeon.report/1", REPORT_SCHEMA)
 LARGE_UNUSED = 1_000_000     # elements: an unused source tensor this big is worth a warning
 MAX_LARGE_WARNINGS = 10
 
@@ -149,7 +151,7 @@ class Report:
         return out + list(plan.notes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form, schema ``ckptsurgeon.report/1`` (see the module docstring)."""
+        """The JSON form, schema ``ckptsurgeon.report/2`` (see the module docstring)."""
         info, plan = self.source_info, self.plan
         return {
             "schema": REPORT_SCHEMA,
@@ -214,11 +216,13 @@ def report_metadata(report: Report) -> dict[str, str]:
 
 
 def _step_dict(step: Step) -> dict[str, Any]:
-    return {"target": step.target, "action": step.action, "source": step.source, "strategy": step.strategy,
+    return {"target": step.target, "action": str(step.action),
+            "sources": [{"input": index, "key": key} for index, key in step.sources], "strategy": step.strategy,
             "method": step.method,
             "source_shape": list(step.source_shape) if step.source_shape is not None else None,
             "target_shape": list(step.target_shape), "source_dtype": step.source_dtype,
-            "target_dtype": step.target_dtype, "fill": step.fill, "reason": step.reason}
+            "target_dtype": step.target_dtype, "fill": step.fill, "reason": step.reason,
+            "reason_kind": step.reason_kind}
 
 
 def _shaped_names(named: dict[str, tuple[int, ...]]) -> str:
@@ -273,23 +277,35 @@ def _write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def read_report_plan(path: str | os.PathLike[str]) -> Plan:
-    """The plan a JSON report (``ckptsurgeon.report/1``) describes: its steps and unused keys, enough to pair
-    modules again (``verify --report``)."""
+    """The plan a JSON report (``ckptsurgeon.report/2``, or ``/1``) describes: its steps and unused keys,
+    enough to pair modules again (``verify --report``)."""
     from .errors import MappingError
 
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-        steps = tuple(Step(t["target"], t["action"], tuple(t["target_shape"]), t["target_dtype"], t["source"],
-                           None if t["source_shape"] is None else tuple(t["source_shape"]), t["source_dtype"],
-                           t["strategy"], t["method"], t["reason"], t["fill"]) for t in data["targets"])
+        schema = data.get("schema")
+        if schema not in READABLE_SCHEMAS:
+            raise MappingError(f"{path}: report schema {schema!r}, this ckptsurgeon reads {', '.join(READABLE_SCHEMAS)}")
+        steps = tuple(_step_from_dict(entry) for entry in data["targets"])
         unused = tuple(Unused(u["source"], tuple(u["shape"]), u["dtype"], u["reason"], u["detail"])
                        for u in data["unused"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MappingError(f"{path}: not a readable transfer report ({type(exc).__name__}: {exc}); give the JSON "
                            f"that `transfer --report` wrote") from exc
-    if data.get("schema") != REPORT_SCHEMA:
-        raise MappingError(f"{path}: report schema {data.get('schema')!r}, this ckptsurgeon reads {REPORT_SCHEMA}")
     move = data.get("prefix_move")
     return Plan(steps, unused, prefix_move=(move["removed"], move["added"]) if move else None)
+
+
+def _step_from_dict(entry: dict[str, Any]) -> Step:
+    if "sources" in entry:   # report/2
+        operands = tuple((int(s["input"]), str(s["key"])) for s in entry["sources"])
+    else:                    # report/1: one source, of input 0
+        operands = ((0, entry["source"]),) if entry["source"] is not None else ()
+    first = operands[0][1] if operands else None
+    simple = len(operands) <= 1 and all(index == 0 for index, _ in operands)
+    shape = entry["source_shape"]
+    return Step(entry["target"], entry["action"], tuple(entry["target_shape"]), entry["target_dtype"], first,
+                None if shape is None else tuple(shape), entry["source_dtype"], entry["strategy"], entry["method"],
+                entry["reason"], entry["fill"], () if simple else operands, entry.get("reason_kind", ""))

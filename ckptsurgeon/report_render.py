@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from .plan import AMBIGUOUS, DROPPED, INIT, KEEP_TARGET, NO_MATCH, RESIZE, SHAPE_MISMATCH, Step, is_bookkeeping
+from .plan import (AMBIGUOUS, DROPPED, INIT, KEEP_TARGET, NO_MATCH, RESIZE, SHAPE_MISMATCH, ReasonKind, Step,
+                   is_bookkeeping)
 from .specs import format_shape
 from .tree import group_names, index_template, split_moved
 
@@ -145,7 +146,7 @@ def new_rows(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
 
 def _reason_kind(step: Step) -> str:
     """Per-key shape details are listed under the unused source tensors; here they group as one kind."""
-    if step.source_shape is None and step.reason.startswith("shape mismatch"):
+    if step.source_shape is None and step.reason_kind == ReasonKind.SHAPE_MISMATCH:
         extra = step.reason.split("; ", 2)[2:]   # --init notes, if any
         return "; ".join(["shape mismatch with its source (see unused source tensors); use it with --resize "
                           "'PATTERN=METHOD'"] + extra)

@@ -81,8 +81,8 @@ def test_copy_from_the_cli_lists_every_target_fed(tmp_path: Path, classifier: Cl
     assert "copy-rule" in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     targets = {t["target"]: t for t in data["targets"]}
-    assert targets["depth.backbone.3.weight"]["source"] == "backbone.3.weight"
-    assert targets["rgb.backbone.3.weight"]["source"] == "backbone.3.weight"
+    assert targets["depth.backbone.3.weight"]["sources"] == [{"input": 0, "key": "backbone.3.weight"}]
+    assert targets["rgb.backbone.3.weight"]["sources"] == [{"input": 0, "key": "backbone.3.weight"}]
     assert data["counts"]["unused_sources"] == 0 and data["unused"] == []
     written = load_file(out)
     assert torch.equal(written["depth.backbone.1.running_mean"], classifier.backbone[1].running_mean)

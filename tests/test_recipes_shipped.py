@@ -183,7 +183,7 @@ def test_backbone_into_detector_transfer(tmp_path: Path) -> None:
     body = {key: tensor for key, tensor in run.source.items() if not key.startswith("fc.")}
     for key, tensor in body.items():
         assert torch.equal(run.out[f"backbone.body.{key}"], tensor), key
-        assert run.step(f"backbone.body.{key}")["source"] == key
+        assert run.step(f"backbone.body.{key}")["sources"] == [{"input": 0, "key": key}]
     new = [key for key in run.target_keys if not key.startswith("backbone.body.")]
     assert new and all(key.startswith(("backbone.fpn.", "head.")) for key in new)
     assert not any(".fc." in key or key.startswith("fc.") for key in run.out)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from ckptsurgeon.errors import MappingError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -220,14 +222,15 @@ def test_group_pairs():
 def test_json_lists_every_step_and_round_trips():
     report = detector_report(prefix_move=("model.", ""))
     data = report.to_dict()
-    assert data["schema"] == REPORT_SCHEMA == "ckptsurgeon.report/1"
+    assert data["schema"] == REPORT_SCHEMA == "ckptsurgeon.report/2"
     assert data["tool_version"] == __version__
     assert json.loads(json.dumps(data)) == data
     assert [t["target"] for t in data["targets"]] == [s.target for s in report.plan.steps]
     assert data["targets"][5] == {
-        "target": "backbone.dark3.2.conv.weight", "action": "copy", "source": "backbone.dark2.2.conv.weight",
+        "target": "backbone.dark3.2.conv.weight", "action": "copy",
+        "sources": [{"input": 0, "key": "backbone.dark2.2.conv.weight"}],
         "strategy": "rename", "method": None, "source_shape": [16, 16, 3, 3], "target_shape": [16, 16, 3, 3],
-        "source_dtype": "float32", "target_dtype": "float32", "fill": None, "reason": "same name"}
+        "source_dtype": "float32", "target_dtype": "float32", "fill": None, "reason": "same name", "reason_kind": ""}
     assert data["targets"][2]["source_shape"] is None
     assert len(data["unused"]) == 6 and data["unused"][0] == {
         "source": "aux.fc.weight", "shape": [1000, 2048], "dtype": "float32", "reason": "no match",
@@ -318,3 +321,25 @@ def test_counts_add_up_and_json_lists_every_step(rows):
     assert len(data["targets"]) == len(steps)
     report.render(verbose=True)
     report.to_markdown()
+
+
+def test_a_report_reads_back_as_its_plan_whichever_schema_version(tmp_path):
+    from ckptsurgeon.report import read_report_plan
+
+    report = detector_report(prefix_move=("model.", ""))
+    data = report.to_dict()
+    current = tmp_path / "r2.json"
+    current.write_text(json.dumps(data))
+    plan = read_report_plan(current)
+    assert [(s.target, s.action, s.sources) for s in plan.steps] == [
+        (s.target, s.action, s.sources) for s in report.plan.steps]
+    old = dict(data, schema="ckptsurgeon.report/1", targets=[
+        {**{k: v for k, v in t.items() if k not in ("sources", "reason_kind")},
+         "source": t["sources"][0]["key"] if t["sources"] else None} for t in data["targets"]])
+    previous = tmp_path / "r1.json"
+    previous.write_text(json.dumps(old))
+    assert read_report_plan(previous).steps == plan.steps
+    future = tmp_path / "r3.json"
+    future.write_text(json.dumps(dict(data, schema="ckptsurgeon.report/3")))
+    with pytest.raises(MappingError, match="report schema 'ckptsurgeon.report/3', this ckptsurgeon reads"):
+        read_report_plan(future)

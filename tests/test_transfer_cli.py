@@ -94,7 +94,7 @@ def test_transfer_into_a_template_writes_out_and_both_reports(pair, tmp_path):
     assert json.loads(metadata["ckptsurgeon.options"])["seed"] == 7
 
     data = json.loads(report_json.read_text())
-    assert data["schema"] == "ckptsurgeon.report/1"
+    assert data["schema"] == "ckptsurgeon.report/2"
     assert data["applied"] is True and data["output"] == str(out)
     assert data["options"] == {"rename": [], "resize": [], "init": [], "order_fallback": False, "seed": 7,
                                "copy": [], "disable": []}
@@ -102,9 +102,9 @@ def test_transfer_into_a_template_writes_out_and_both_reports(pair, tmp_path):
     by_target = {entry["target"]: entry for entry in data["targets"]}
     moved = by_target["backbone.dark3.2.cv4.conv.weight"]
     assert (moved["action"], moved["strategy"]) == ("copy", "align")
-    assert moved["source"] == "backbone.dark3.1.cv4.conv.weight"
+    assert moved["sources"] == [{"input": 0, "key": "backbone.dark3.1.cv4.conv.weight"}]
     new = by_target["feat1_att.fc.0.weight"]
-    assert (new["action"], new["source"]) == ("init", None)
+    assert (new["action"], new["sources"], new["reason_kind"]) == ("init", [], "no source")
     assert data["counts"]["new"] == NEW_KEYS and data["unused"] == [] and data["gate_failures"] == []
     markdown = report_md.read_text()
     assert markdown.startswith("# ckptsurgeon transfer report")

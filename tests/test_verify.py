@@ -196,9 +196,12 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path: Path, yolo_files: tuple[Pa
     neither = run(*cli_args(source, out))
     assert neither.exit_code == 2 and "--input-shape N,C,H,W (repeatable) or --inputs FILE" in neither.output
     bad_report = tmp_path / "r.json"
-    bad_report.write_text("{}")
+    bad_report.write_text('{"schema": "ckptsurgeon.report/2"}')
     broken = run(*cli_args(source, out), "--input-shape", "1,3,32,32", "--report", bad_report)
-    assert broken.exit_code == 2 and "not a readable transfer report" in broken.output
+    assert broken.exit_code == 2 and "not a readable transfer report (KeyError: 'targets')" in broken.output
+    bad_report.write_text("{}")
+    unknown = run(*cli_args(source, out), "--input-shape", "1,3,32,32", "--report", bad_report)
+    assert unknown.exit_code == 2 and "report schema None, this ckptsurgeon reads" in unknown.output
 
 
 def test_verification_as_dict_is_json(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 
 from ..errors import MappingError
 from ..plan import (ALIGN, AMBIGUOUS, COPY, COPY_RULE, DROPPED, EXACT, INIT, KEEP_TARGET, MOVE, NO_MATCH, ORDER, PREFIX,
-                    REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, Step,
+                    REGROUP, RENAME, RESIZE, SHAPE_MISMATCH, SIGNATURE, TIED, Ambiguity, Plan, PlanOptions, ReasonKind, Step,
                     Unused, is_bookkeeping)
 from ..runtime import paused_gc
 from ..specs import TensorSpec, format_shape
@@ -126,7 +126,7 @@ def _counters_follow_statistics(steps: tuple[Step, ...], modules: list[tuple[lis
                 step = out[position[key]]
                 out[position[key]] = Step(key, INIT, step.target_shape, step.target_dtype, method=KEEP_TARGET,
                                           reason="bookkeeping counter, starts afresh with its module's "
-                                                 "statistics (none of them loads)")
+                                                 "statistics (none of them loads)", reason_kind=ReasonKind.COUNTER)
     return tuple(out)
 
 
@@ -221,13 +221,15 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     name = spec.name
     if pair is None:
         fill, note = _init_for(spec, init_rules)
-        why = "bookkeeping counter, starts fresh" if is_bookkeeping(name) else "no source tensor matches"
-        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=why + note)
+        counter = is_bookkeeping(name)
+        why = "bookkeeping counter, starts fresh" if counter else "no source tensor matches"
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=why + note,
+                    reason_kind=ReasonKind.COUNTER if counter else ReasonKind.NO_SOURCE)
     original, strategy = pair
     source = source_specs[original]
     if source.shape == spec.shape:  # the common case first: plans of 100k keys stay well under a second
         return Step(name, COPY, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, None,
-                    _copy_reason(strategy))
+                    _copy_reason(strategy), reason_kind=ReasonKind.MATCHED)
     fill, note = _init_for(spec, init_rules)
     mismatch = f"source {original} is {format_shape(source.shape)}, target is {format_shape(spec.shape)}"
     from ..resize import can_resize, suggest_resize
@@ -236,14 +238,17 @@ def _step(spec: TensorSpec, pair: tuple[str, str] | None, source_specs: Mapping[
     if rule is None:
         method = suggest_resize(source.shape, spec.shape)
         hint = f"to use it add --resize '{name}={method}'" if method else "no resize method maps these shapes"
-        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=f"shape mismatch: {mismatch}; {hint}" + note)
+        return Step(name, INIT, spec.shape, spec.dtype, method=fill, reason=f"shape mismatch: {mismatch}; {hint}" + note,
+                    reason_kind=ReasonKind.SHAPE_MISMATCH)
 
     problem = can_resize(rule.value, source.shape, spec.shape)
     if problem:
         return Step(name, INIT, spec.shape, spec.dtype, method=fill,
-                    reason=f"shape mismatch: {mismatch}; --resize '{rule.text}' cannot apply: {problem}" + note)
+                    reason=f"shape mismatch: {mismatch}; --resize '{rule.text}' cannot apply: {problem}" + note,
+                    reason_kind=ReasonKind.SHAPE_MISMATCH)
     return Step(name, RESIZE, spec.shape, spec.dtype, original, source.shape, source.dtype, strategy, rule.value,
-                f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, fill)
+                f"{rule.value}: {format_shape(source.shape)} -> {format_shape(spec.shape)}" + note, fill,
+                reason_kind=ReasonKind.MATCHED)
 
 
 # The step names its source; the reason says what kind of evidence paired them.
