@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import MappingError
 from .init import IDENTITY
-from .plan import COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, ModuleStart, Plan, Step, is_bookkeeping
+from .plan import COMPUTE, COPY, DEFAULT_SEED, INIT, KEEP_TARGET, RESIZE, ModuleStart, Plan, Step, is_bookkeeping
 
 if TYPE_CHECKING:
     import torch
@@ -36,18 +36,27 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def tensor_for_step(step: Step, source: Mapping[str, torch.Tensor], initial: Callable[[], torch.Tensor],
+Sources = Mapping[str, "torch.Tensor"] | Sequence[Mapping[str, "torch.Tensor"]]
+
+
+def tensor_for_step(step: Step, source: Sources, initial: Callable[[], torch.Tensor],
                     seed: int | None) -> torch.Tensor:
-    """The value the target key gets. ``initial()`` returns the target's own initial tensor."""
+    """The value the target key gets. ``source`` is the source (a transfer) or the list of inputs (a surgery
+    command; a step's sources index it); ``initial()`` returns the target's own initial tensor."""
+    inputs = _inputs(source)
     if step.action == COPY:
-        return source[_source_of(step)].to(_dtype(step.target_dtype))
+        return _read(inputs, step)[0]().to(_dtype(step.target_dtype))
+    if step.action == COMPUTE:
+        from .operations import run_operation
+
+        return run_operation(step.method or "", _read(inputs, step)).to(_dtype(step.target_dtype))
     if step.action == RESIZE:
         import torch
 
         from .resize import resize_tensor
 
         base = _initialised(step.fill or KEEP_TARGET, step, initial, seed)
-        tensor = source[_source_of(step)]
+        tensor = _read(inputs, step)[0]()
         # Resize in the wider dtype: an fp16 source must not round the target values a resize keeps.
         common = torch.promote_types(tensor.dtype, base.dtype)
         method = step.method or ""   # a resize step always names its method
@@ -57,10 +66,15 @@ def tensor_for_step(step: Step, source: Mapping[str, torch.Tensor], initial: Cal
     raise MappingError(f"{step.target}: unknown plan action {step.action!r}")
 
 
-def _source_of(step: Step) -> str:
-    if step.source is None:
+def _inputs(source: Sources) -> Sequence[Mapping[str, torch.Tensor]]:
+    return [source] if isinstance(source, Mapping) else source
+
+
+def _read(inputs: Sequence[Mapping[str, torch.Tensor]], step: Step) -> list[Callable[[], torch.Tensor]]:
+    """Loaders of the step's sources, in order (read when called, one at a time)."""
+    if not step.sources:
         raise MappingError(f"{step.target}: a {step.action} step names no source tensor (a damaged plan)")
-    return step.source
+    return [functools.partial(inputs[index].__getitem__, key) for index, key in step.sources]
 
 
 def _initialised(method: str, step: Step, initial: Callable[[], torch.Tensor], seed: int | None) -> torch.Tensor:
@@ -138,8 +152,9 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
                metadata: Mapping[str, str] | None = None) -> str:
     """Stream the planned target state dict into ``output``, one tensor at a time.
 
-    ``template`` gives the target's initial values (a Checkpoint or a state dict). Plain copies that keep
-    their dtype, and kept initial values, go byte for byte from file to file without building a tensor.
+    ``source`` is the source checkpoint, or the list of inputs of a surgery command; ``template`` gives the
+    target's initial values (a Checkpoint or a state dict; None when no step keeps one). Plain copies that
+    keep their dtype, and kept initial values, go byte for byte from file to file without building a tensor.
     """
     from .io.writer import write_streamed
     from .specs import TensorSpec
@@ -150,16 +165,26 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
 
     specs = [TensorSpec(step.target, step.target_shape, step.target_dtype) for step in plan.steps]
     by_target = {step.target: step for step in plan.steps}
-    produce = {step.target: (lambda s=step: tensor_for_step(s, source, lambda: template[s.target], seed))
-               for step in plan.steps}
+    inputs = _inputs(source)
+    produce = {step.target: functools.partial(_produce, step, inputs, template, seed) for step in plan.steps}
     return write_streamed(output, specs, produce, metadata=metadata,
-                          raw=lambda name: _raw_span(by_target[name], source, template))
+                          raw=lambda name: _raw_span(by_target[name], inputs, template))
 
 
-def _raw_span(step: Step, source: Any, template: Any) -> Any:
+def _produce(step: Step, inputs: Sequence[Mapping[str, Any]], template: Any, seed: int | None) -> Any:
+    def initial() -> Any:
+        if template is None:
+            raise MappingError(f"{step.target}: this plan keeps a target's own values, but there is no template")
+        return template[step.target]
+    return tensor_for_step(step, inputs, initial, seed)
+
+
+def _raw_span(step: Step, inputs: Sequence[Any], template: Any) -> Any:
     """Where a plain copy's (or a kept initial value's) bytes lie in a file, or None."""
-    if step.action == COPY and step.source_dtype == step.target_dtype and hasattr(source, "raw_span"):
-        return source.raw_span(step.source)
+    if step.action == COPY and step.source_dtype == step.target_dtype:
+        index, key = step.sources[0]
+        if hasattr(inputs[index], "raw_span"):
+            return inputs[index].raw_span(key)
     if step.action == INIT and step.method in (None, KEEP_TARGET) and hasattr(template, "raw_span"):
         return template.raw_span(step.target)
     return None

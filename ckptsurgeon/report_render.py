@@ -98,10 +98,10 @@ def renamed_rows(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
     for step in _counted(steps):
         if step.is_transferred and step.source and step.source != step.target:
             by_strategy.setdefault(step.strategy or "?", []).append((step.source, step.target))
-    return [(strategy, s, t) for strategy, pairs in by_strategy.items() for s, t in group_pairs(_module_moves(pairs))]
+    return [(strategy, s, t) for strategy, pairs in by_strategy.items() for s, t in group_pairs(module_moves(pairs))]
 
 
-def _module_moves(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def module_moves(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Whole modules that moved read as one line: ``dark3.1.* -> dark3.2.*`` instead of one line a tensor."""
     moves: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for source, target in pairs:

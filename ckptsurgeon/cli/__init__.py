@@ -107,7 +107,8 @@ def cli(debug: bool) -> None:
 def _register() -> None:
     from . import demo_cmd, inspect_cmds  # noqa: F401  (commands register themselves on import)
 
-    for name in ("transfer_cmd", "recipe_cmds", "freeze_cmd", "verify_cmd", "probe_cmd"):
+    for name in ("transfer_cmd", "recipe_cmds", "freeze_cmd", "verify_cmd", "probe_cmd", "surgery_cmds", "combine_cmds",
+                 "fuse_cmd"):
         try:
             __import__(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
