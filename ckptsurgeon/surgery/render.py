@@ -25,7 +25,7 @@ def render_surgery(report: Report, *, verbose: bool = False) -> str:
     parts = [f"{len(renamed)} renamed"] if renamed else []
     parts += [f"{n} {name}" for name, n in computed.items()]
     parts += [f"{len(cast)} cast"] if cast else []
-    unchanged = len(steps) - len(renamed) - sum(computed.values())
+    unchanged = len(steps) - len(renamed) - sum(computed.values()) - len([s for s in cast if s not in renamed])
     parts += [f"{unchanged} unchanged"] if unchanged else []
     parts += [f"{len(plan.unused)} left out"] if plan.unused else []
     lines = [f"{report.target}: {len(steps)} tensors {where}; " + ", ".join(parts or ["nothing to do"])]
@@ -39,10 +39,36 @@ def render_surgery(report: Report, *, verbose: bool = False) -> str:
     by_reason: dict[str, list[str]] = {}
     for unused in plan.unused:
         by_reason.setdefault(f"{unused.reason}" + (f" ({unused.detail})" if unused.detail else ""), []).append(unused.source)
+    every = [key for step in steps for _, key in step.sources] + [unused.source for unused in plan.unused]
     for reason, names in by_reason.items():
-        lines += _section(f"left out, {reason}", group_names(names), verbose)
+        lines += _section(f"left out, {reason}", group_names(whole_modules(names, every)), verbose)
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def whole_modules(names: list[str], every: list[str]) -> list[str]:
+    """``sppcspc.*`` for a module all of whose keys are in ``names``; the other names as they are."""
+    total: Counter[str] = Counter()
+    for key in set(every):
+        for module in _modules_of(key):
+            total[module] += 1
+    chosen: Counter[str] = Counter()
+    for key in set(names):
+        for module in _modules_of(key):
+            chosen[module] += 1
+    out: list[str] = []
+    for key in names:
+        whole = next((module for module in _modules_of(key) if chosen[module] == total[module]), None)
+        line = f"{whole}.*" if whole else key
+        if not out or out[-1] != line:
+            out.append(line)
+    return list(dict.fromkeys(out))
+
+
+def _modules_of(key: str) -> list[str]:
+    """``a.b.c`` -> ``["a", "a.b"]``: the modules around a key, outermost first."""
+    parts = key.split(".")[:-1]
+    return [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
 
 
 def _source_name(step: Step) -> str:
