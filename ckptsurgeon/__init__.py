@@ -56,6 +56,7 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
     from .model.probe import Probe as Probe, compare_probes as compare_probes, probe as probe
     from .model.tied import tied_groups as tied_groups
     from .model.verify import Verification as Verification, verify as verify
+    from .operations import OPERATIONS as OPERATIONS
     from .options import (
         FreezeOptions as FreezeOptions,
         Gates as Gates,
@@ -66,7 +67,14 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
         UnfreezeStage as UnfreezeStage,
     )
     from .pipeline import check_gates as check_gates, run_transfer as run_transfer
-    from .plan import Ambiguity as Ambiguity, Plan as Plan, Step as Step, Unused as Unused
+    from .plan import (
+        Action as Action,
+        Ambiguity as Ambiguity,
+        Plan as Plan,
+        ReasonKind as ReasonKind,
+        Step as Step,
+        Unused as Unused,
+    )
     from .recipe import Recipe as Recipe, load_recipe as load_recipe
     from .report import (
         REPORT_SCHEMA as REPORT_SCHEMA,
@@ -76,6 +84,14 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
     )
     from .resize import RESIZE_METHODS as RESIZE_METHODS, can_resize as can_resize, resize_tensor as resize_tensor
     from .specs import TensorSpec as TensorSpec, specs_of as specs_of
+    from .surgery.edits import (
+        cast_checkpoint as cast_checkpoint,
+        drop_keys as drop_keys,
+        extract_prefix as extract_prefix,
+        rename_checkpoint as rename_checkpoint,
+        strip_checkpoint as strip_checkpoint,
+    )
+    from .surgery.run import run_surgery as run_surgery
 
 _PUBLIC = {
     "open_checkpoint": "io", "read_specs": "io", "Checkpoint": "io", "CheckpointInfo": "io",
@@ -94,6 +110,9 @@ _PUBLIC = {
     "param_groups": "model.groups", "apply_batchnorm_policy": "model.batchnorm", "FrozenBatchNorm": "model.frozen_bn",
     "describe_model": "model.describe", "describe_keys": "model.describe",
     "verify": "model.verify", "Verification": "model.verify",
+    "rename_checkpoint": "surgery.edits", "drop_keys": "surgery.edits", "extract_prefix": "surgery.edits",
+    "cast_checkpoint": "surgery.edits", "strip_checkpoint": "surgery.edits", "run_surgery": "surgery.run",
+    "OPERATIONS": "operations", "Action": "plan", "ReasonKind": "plan",
     "probe": "model.probe", "compare_probes": "model.probe", "Probe": "model.probe", "ProbeError": "errors",
     "make_identity": "model.identity", "identity_for": "model.identity", "IdentityInit": "model.identity",
     "Report": "report", "ReportCounts": "report", "REPORT_SCHEMA": "report", "report_metadata": "report",
