@@ -1,7 +1,7 @@
 """Writing checkpoints atomically: a temporary file beside the target, fsync, rename.
 
-The output format follows the extension: ``.safetensors`` is streamed tensor by tensor; anything else
-(``.pt``, ``.pth``, ``.bin``) is written with ``torch.save`` as a plain state dict.
+The output format follows the extension: ``.safetensors``, or anything else (``.pt``, ``.pth``, ``.bin``) as
+the torch zip ``torch.save`` writes for a state dict; both are streamed tensor by tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..errors import OutputError
 from ..specs import TensorSpec, spec_of
 from .records import FileSpan
 from .safetensors_file import check_key, write_safetensors_stream
+from .torchzip_writer import STREAMED_DTYPES, write_torch_zip_stream
 
 
 OUTPUT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -230,17 +231,21 @@ def write_state_dict(path: str | os.PathLike[str], tensors: Mapping[str, Any], *
 def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Callable[[], Any]], *,
                    metadata: Mapping[str, str] | None = None,
                    raw: Callable[[str], memoryview | FileSpan | None] | None = None) -> str:
-    """Write tensors produced one at a time, so only one needs to be in memory at once (safetensors).
+    """Write tensors produced one at a time, so only one needs to be in memory at once.
 
     ``produce[name]()`` returns a torch tensor of ``specs``' shape and dtype; ``raw(name)``, when given,
     may return the bytes directly, or where they lie in a file (no torch needed), and is tried first.
+    ``metadata`` goes into a safetensors header; a torch zip holds the state dict alone. Quantized tensors
+    (whose scales only torch knows how to pickle) go to ``torch.save`` whole.
     """
     for spec in specs:
         check_key(spec.name)
+    chunks = (_bytes_of(spec.name, produce, raw) for spec in specs)
     with atomic_output(path) as handle:
         if is_safetensors_path(path):
-            chunks = (_bytes_of(spec.name, produce, raw) for spec in specs)
             write_safetensors_stream(handle, specs, chunks, dict(metadata or {}))
+        elif all(spec.dtype in STREAMED_DTYPES for spec in specs):
+            write_torch_zip_stream(handle, specs, chunks)
         else:
             _torch_save({spec.name: _compact(produce[spec.name]()) for spec in specs}, handle, path)
     return path
