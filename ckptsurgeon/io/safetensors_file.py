@@ -225,3 +225,4 @@ def write_safetensors_stream(handle: BinaryIO, specs: list[TensorSpec], chunks: 
             copy_span(chunk, handle)
         else:
             handle.write(chunk)
+        del chunk   # before the next one is produced: one tensor in memory at a time, not two
