@@ -39,11 +39,11 @@ class Operation:
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("average", "average:W1,W2,...: the weighted mean of the sources, accumulated in fp32 "
                          "(equal weights by default)", ".operations:average"),
-    Operation("fuse_bn_weight", "a convolution's weight with the BatchNorm after it folded in "
-                                "(sources: conv weight, bn weight, bn running_var; arg: eps[,transposed,groups])",
+    Operation("fuse_bn_weight", "a convolution's weight with the BatchNorm after it folded in (sources: conv "
+                                "weight, [bn weight,] bn running_var; arg: EPS[,transposed,GROUPS][,noaffine])",
               ".surgery.fuse:fused_weight"),
-    Operation("fuse_bn_bias", "a convolution's bias with the BatchNorm after it folded in "
-                              "(sources: [conv bias,] bn weight, bn bias, bn running_mean, bn running_var; arg: eps)",
+    Operation("fuse_bn_bias", "a convolution's bias with the BatchNorm after it folded in (sources: [conv bias,] "
+                              "[bn weight, bn bias,] bn running_mean, bn running_var; arg: EPS[,nobias][,noaffine])",
               ".surgery.fuse:fused_bias"),
 )}
 

@@ -1,7 +1,8 @@
 """The plan: what happens to every target key and why, computed from names, shapes and dtypes only.
 
 Invariant (property-tested): every target key has exactly one :class:`Step`; every source key is used by
-one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`.
+one or more steps (tied weights) or listed exactly once in :attr:`Plan.unused`. (A surgery command may also
+list a key it reads but does not write: ``fuse-bn``'s BatchNorm keys, folded into their convolutions.)
 """
 
 from __future__ import annotations
