@@ -91,6 +91,7 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
         rename_checkpoint as rename_checkpoint,
         strip_checkpoint as strip_checkpoint,
     )
+    from .surgery.combine import average_checkpoints as average_checkpoints, merge_checkpoints as merge_checkpoints
     from .surgery.fuse import fuse_bn as fuse_bn
     from .surgery.run import run_surgery as run_surgery
 
@@ -113,7 +114,7 @@ _PUBLIC = {
     "verify": "model.verify", "Verification": "model.verify",
     "rename_checkpoint": "surgery.edits", "drop_keys": "surgery.edits", "extract_prefix": "surgery.edits",
     "cast_checkpoint": "surgery.edits", "strip_checkpoint": "surgery.edits", "run_surgery": "surgery.run",
-    "fuse_bn": "surgery.fuse",
+    "fuse_bn": "surgery.fuse", "merge_checkpoints": "surgery.combine", "average_checkpoints": "surgery.combine",
     "OPERATIONS": "operations", "Action": "plan", "ReasonKind": "plan",
     "probe": "model.probe", "compare_probes": "model.probe", "Probe": "model.probe", "ProbeError": "errors",
     "make_identity": "model.identity", "identity_for": "model.identity", "IdentityInit": "model.identity",
