@@ -84,9 +84,11 @@ def average(loaders: Sequence[Loader], arg: str | None) -> torch.Tensor:
     for weight, load in zip(average_weights(arg, len(loaders)), loaders):
         tensor = load()
         wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-        term = tensor.to(wide) * weight
-        total = term if total is None else total.add_(term)
-        del tensor, term
+        if total is None:
+            total = tensor.to(wide, copy=True).mul_(weight)
+        else:   # an fp32 source is added without a scaled copy of it
+            total.add_(tensor if tensor.dtype == wide else tensor.to(wide), alpha=weight)
+        del tensor
     if total is None:
         raise MappingError("average of no tensors")
     return total

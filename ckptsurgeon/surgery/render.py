@@ -18,14 +18,17 @@ SHOWN = 12   # lines per group without --verbose
 def render_surgery(report: Report, *, verbose: bool = False) -> str:
     """``rename: 558 tensors written to out.pt; 123 renamed, 435 unchanged`` and the groups below it."""
     plan, steps = report.plan, report.plan.steps
-    renamed = [s for s in steps if s.action == COPY and (s.sources[0][1] != s.target or s.sources[0][0])]
+    renamed = [s for s in steps if s.action == COPY and s.sources[0][1] != s.target]
+    from_inputs = Counter(s.sources[0][0] for s in steps if s.action == COPY and s.sources[0][0])
     cast = [s for s in steps if s.is_cast]
     computed = Counter((s.method or "").partition(":")[0] for s in steps if s.action == COMPUTE)
     where = f"written to {report.output}" if report.applied else "planned (dry run: nothing read or written)"
     parts = [f"{len(renamed)} renamed"] if renamed else []
     parts += [f"{n} {name}" for name, n in computed.items()]
     parts += [f"{len(cast)} cast"] if cast else []
-    unchanged = len(steps) - len(renamed) - sum(computed.values()) - len([s for s in cast if s not in renamed])
+    parts += [f"{n} from input {index}" for index, n in sorted(from_inputs.items())]
+    unchanged = sum(1 for s in steps if s.action == COPY and s not in renamed and not s.is_cast
+                    and not s.sources[0][0])
     parts += [f"{unchanged} unchanged"] if unchanged else []
     parts += [f"{len(plan.unused)} left out"] if plan.unused else []
     lines = [f"{report.target}: {len(steps)} tensors {where}; " + ", ".join(parts or ["nothing to do"])]
