@@ -7,7 +7,7 @@ Per output channel ``c``, with ``s = gamma / sqrt(running_var + eps)`` (gamma 1 
 For a conv the output channel is dim 0 of the weight (grouped and depthwise too); a ConvTranspose's weight is
 ``(in, out/groups, k...)``, so output channel ``c`` of group ``g`` is dim-1 index ``c - g*out/groups`` of the
 rows ``g*in/groups .. (g+1)*in/groups``. The plan gives each conv's ``weight`` and ``bias`` a compute step
-(operations ``fuse_bn_weight`` and ``fuse_bn_bias``, computed in float64, written in the conv's dtype),
+(operations ``fuse_bn_weight`` and ``fuse_bn_bias``: scales in float64, written in the conv's dtype),
 leaves the BatchNorm's keys out, and copies everything else. The operation argument is
 ``EPS[,transposed,GROUPS][,nobias][,noaffine]``: the sources are the conv weight (``fuse_bn_weight``) or bias
 (``fuse_bn_bias``, unless ``nobias``), the BatchNorm's ``weight`` and ``bias`` (unless ``noaffine``; only
@@ -91,33 +91,42 @@ def scale_output_channels(weight: torch.Tensor, scale: torch.Tensor, *, transpos
 
 def _loaded(loaders: Sequence[Loader], arg: FuseArg, expected: int,
             what: str) -> tuple[list[torch.Tensor], torch.dtype]:
-    """The sources in float64, and the dtype to return: float32, or float64 for a float64 first source."""
+    """The sources as read, and the dtype to compute the result in: float32, or float64 for a float64 first
+    source (the BatchNorm vectors, small, are combined in float64 first)."""
     import torch
 
     if len(loaders) != expected:
         raise MappingError(f"{what}: {len(loaders)} sources for argument {arg}, expected {expected} (a damaged plan)")
     tensors = [load() for load in loaders]
     dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    return [tensor.to(torch.float64) for tensor in tensors], dtype
+    return tensors, dtype
+
+
+def _wide(tensor: torch.Tensor | float) -> torch.Tensor | float:
+    return tensor.double() if not isinstance(tensor, float) else tensor
 
 
 def fused_weight(loaders: Sequence[Loader], arg: str | None) -> torch.Tensor:
-    """Operation ``fuse_bn_weight``: sources conv weight, [bn weight,] bn running_var (computed in float64;
-    returned in float32, float64 for a float64 conv)."""
+    """Operation ``fuse_bn_weight``: sources conv weight, [bn weight,] bn running_var. The per-channel scale
+    is computed in float64; the weight is scaled in float32 (float64 for a float64 conv), in which it is
+    returned: one rounding of the product, no float64 copy of a large weight."""
     parsed = parse_fuse_arg(arg)
     tensors, dtype = _loaded(loaders, parsed, 3 if parsed.affine else 2, "fuse_bn_weight")
-    weight, var = tensors[0], tensors[-1]
-    scale = (tensors[1] if parsed.affine else 1.0) / (var + parsed.eps).sqrt()
-    return scale_output_channels(weight, scale, transposed=parsed.transposed, groups=parsed.groups).to(dtype)
+    weight, var = tensors[0], tensors[-1].double()
+    scale = _wide(tensors[1] if parsed.affine else 1.0) / (var + parsed.eps).sqrt()
+    return scale_output_channels(weight.to(dtype), scale.to(dtype), transposed=parsed.transposed,
+                                 groups=parsed.groups)
 
 
 def fused_bias(loaders: Sequence[Loader], arg: str | None) -> torch.Tensor:
-    """Operation ``fuse_bn_bias``: sources [conv bias,] [bn weight, bn bias,] bn running_mean, bn running_var."""
+    """Operation ``fuse_bn_bias``: sources [conv bias,] [bn weight, bn bias,] bn running_mean, bn running_var
+    (vectors: computed in float64, returned in float32, float64 for a float64 first source)."""
     parsed = parse_fuse_arg(arg)
     tensors, dtype = _loaded(loaders, parsed, 2 + parsed.conv_bias + 2 * parsed.affine, "fuse_bn_bias")
-    bias = tensors.pop(0) if parsed.conv_bias else 0.0
-    gamma, beta = (tensors[0], tensors[1]) if parsed.affine else (1.0, 0.0)
-    mean, var = tensors[-2], tensors[-1]
+    wide = [tensor.double() for tensor in tensors]
+    bias = wide.pop(0) if parsed.conv_bias else 0.0
+    gamma, beta = (wide[0], wide[1]) if parsed.affine else (1.0, 0.0)
+    mean, var = wide[-2], wide[-1]
     return ((bias - mean) * (gamma / (var + parsed.eps).sqrt()) + beta).to(dtype)
 
 

@@ -4,7 +4,7 @@ The check runs per pair, not through the whole model, so it needs no input shape
 a random input (seeded) with the conv's input channels and a small spatial size (at least the kernel's reach
 plus 2, and 6) goes through the conv with the input checkpoint's tensors then BatchNorm in eval mode
 (``F.batch_norm`` with the running statistics), and through the conv with the output's fused tensors, both in
-float64. With a model the conv is a copy of the live module (stride, padding, dilation, groups as built);
+float32 (float64 for a float64 conv): the fold's error is far below that rounding's effect on the figure. With a model the conv is a copy of the live module (stride, padding, dilation, groups as built);
 without one it is a plain conv built from the weight's shape (the fold is per output channel, so groups=1 and
 no padding check it as well). The figure is ``max |fused - reference| / max |reference|``.
 """
@@ -44,18 +44,21 @@ def check_fused(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str
 def pair_difference(pair: FusePair, source: Mapping[str, Any], fused: Mapping[str, Any], live: nn.Module | None,
                     generator: torch.Generator) -> float:
     """``max |fused conv(x) - bn(conv(x))| / max |bn(conv(x))|`` on a random ``x`` (0 when both are 0)."""
-    def read(state: Mapping[str, Any], key: str) -> torch.Tensor | None:
-        return state[key].to(torch.float64) if key in state else None
+    stored = source[f"{pair.conv}.weight"]   # present: checked when planning
+    work = torch.float64 if stored.dtype == torch.float64 else torch.float32
 
-    weight = source[f"{pair.conv}.weight"].to(torch.float64)   # present: checked when planning
+    def read(state: Mapping[str, Any], key: str) -> torch.Tensor | None:
+        return state[key].to(work) if key in state else None
+
+    weight = stored.to(work)
     conv = _conv_like(pair, weight, live)
-    x = torch.randn(2, _in_channels(conv), *_spatial(conv), generator=generator, dtype=torch.float64)
+    x = torch.randn(2, _in_channels(conv), *_spatial(conv), generator=generator, dtype=work)
     with torch.no_grad():
         _set(conv, weight, read(source, f"{pair.conv}.bias"))
         mean, var, gamma, beta = (read(source, f"{pair.bn}.{leaf}") for leaf in ("running_mean", "running_var",
                                                                                 "weight", "bias"))
         reference = F.batch_norm(conv(x), mean, var, gamma, beta, training=False, momentum=0.0, eps=pair.eps)
-        _set(conv, fused[f"{pair.conv}.weight"].to(torch.float64), read(fused, f"{pair.conv}.bias"))
+        _set(conv, fused[f"{pair.conv}.weight"].to(work), read(fused, f"{pair.conv}.bias"))
         delta = float((conv(x) - reference).abs().max())
     scale = float(reference.abs().max())
     return delta / scale if scale else delta
@@ -63,7 +66,7 @@ def pair_difference(pair: FusePair, source: Mapping[str, Any], fused: Mapping[st
 
 def _conv_like(pair: FusePair, weight: torch.Tensor, live: nn.Module | None) -> _ConvNd:
     if isinstance(live, _ConvNd):
-        return copy.deepcopy(live).to(torch.float64)   # the live module's stride, padding, groups
+        return copy.deepcopy(live).to(weight.dtype)   # the live module's stride, padding, groups
     kinds: tuple[type[_ConvNd], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) \
         if pair.transposed else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     kind: Any = kinds[weight.dim() - 3]
