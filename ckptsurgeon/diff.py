@@ -58,30 +58,14 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, va
 
 
 def _value_changes(left: Any, right: Any, names: list[str], atol: float) -> list[tuple[str, float]]:
-    import torch
+    from .values import value_gap
 
     out = []
     for name in names:
-        x, y = left[name], right[name]
-        if x.numel() == 0:
-            continue
-        wide = torch.complex128 if x.is_complex() or y.is_complex() else torch.float64
-        gap = (x.to(wide) - y.to(wide)).abs()
-        gap[_same_bits(x, y)] = 0   # equal bits are equal values, NaNs included
-        delta = float(gap.max())
-        if delta > atol or delta != delta:  # NaN differs from everything but itself
+        delta, differing = value_gap(left[name], right[name])
+        if differing and (delta > atol or delta != delta):  # NaN differs from everything but itself
             out.append((name, delta))
     return out
-
-
-def _same_bits(x: Any, y: Any) -> Any:
-    """Elementwise: the two tensors hold the very same bits (same dtype), or equal values (+0 and -0 too)."""
-    import torch
-
-    if x.dtype == y.dtype and x.element_size() in (1, 2, 4, 8) and not x.is_complex():
-        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-        return (x.contiguous().view(bits) == y.contiguous().view(bits)) | (x == y)
-    return x == y
 
 
 def render_diff(diff: CheckpointDiff) -> str:

@@ -30,7 +30,6 @@ Path = str | os.PathLike[str]
 SIDES = ("a", "b")
 SHOWN_DIFFERENCES = 3     # differing keys named per input when average refuses its inputs
 SHOWN_CONFLICTS = 20      # conflicts listed as notes (every one is in its step's reason)
-COMPARE_CHUNK = 1 << 22   # elements compared at a time: the comparison holds a few MiB beyond the two tensors
 BN_STATISTICS = ("running_mean", "running_var")
 IN_BOTH = "in both inputs"
 CONFLICT = "conflict"
@@ -122,27 +121,15 @@ def _value_conflicts(first: Checkpoint, second: Checkpoint, names: Sequence[str]
 
 def describe_difference(a: Any, b: Any) -> str | None:
     """None when two tensors of one shape and dtype hold the same values (NaN equal to NaN, 0.0 to -0.0),
-    else ``values differ: max |a - b| = 0.5 (12 of 100 elements)``. Works in chunks of the flattened
-    tensors, so it needs little memory beyond the two inputs."""
-    import torch
+    else ``values differ: max |a - b| = 0.5 (12 of 100 elements)``; compared in chunks
+    (:func:`~ckptsurgeon.values.value_gap`), so little memory beyond the two inputs."""
+    from ..values import value_gap
 
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    differing, largest = 0, 0.0
-    floating = a.is_floating_point() or a.is_complex()
-    for start in range(0, flat_a.numel(), COMPARE_CHUNK):
-        x, y = flat_a[start:start + COMPARE_CHUNK], flat_b[start:start + COMPARE_CHUNK]
-        unequal = x != y
-        if floating:
-            unequal &= ~(x.isnan() & y.isnan())
-        count = int(unequal.sum())
-        if count:
-            differing += count
-            wide = torch.complex128 if a.is_complex() else torch.float64
-            delta = (x[unequal].to(wide) - y[unequal].to(wide)).abs()
-            largest = max(largest, float(delta.nan_to_num(nan=float("inf")).max()))
+    largest, differing = value_gap(a, b)
     if not differing:
         return None
-    return f"values differ: max |a - b| = {largest:.6g} ({differing} of {flat_a.numel()} elements)"
+    shown = largest if largest == largest else math.inf   # a NaN against a number: as far apart as can be
+    return f"values differ: max |a - b| = {shown:.6g} ({differing} of {a.numel()} elements)"
 
 
 def _merge_plan(first: dict[str, TensorSpec], second: dict[str, TensorSpec], conflicts: dict[str, Conflict],
