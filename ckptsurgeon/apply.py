@@ -132,19 +132,62 @@ def start_identities(plan: Plan, model: torch.nn.Module) -> tuple[ModuleStart, .
 
 def _load(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Module, seed: int | None) -> None:
     current = model.state_dict()
-    new_state = {step.target: tensor_for_step(step, source, functools.partial(current.__getitem__, step.target), seed)
-                 for step in plan.steps}
-    on_meta = any(tensor.is_meta for tensor in current.values())
-    if not on_meta:
+    if any(tensor.is_meta for tensor in current.values()):
+        _assign(plan, source, model, current, seed)
+    elif _loads_plainly(model):
+        _copy_in_place(plan, source, current, seed)
+    else:   # custom loading hooks must see the whole state dict, as load_state_dict gives it to them
+        new_state = {step.target: tensor_for_step(step, source, functools.partial(current.__getitem__, step.target),
+                                                  seed) for step in plan.steps}
         model.load_state_dict(new_state, strict=True)
-        return
-    # assign=True makes these tensors the model's own: copies, so that training the model never writes
-    # into the source (a caller's state dict, or the checkpoint's memory map). assign also unties tied
-    # weights, so they are tied again afterwards.
+
+
+def _copy_in_place(plan: Plan, source: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor],
+                   seed: int | None) -> None:
+    """Tensor by tensor into the model's own storage (``copy_``): one new tensor in memory at a time, however
+    many are cast or resized. Every key of the model gets one step, as ``strict=True`` loading requires."""
+    import torch
+
+    planned = {step.target for step in plan.steps}
+    missing = next((name for name in current if name not in planned), None)
+    if missing is not None or len(plan.steps) != len(current):
+        raise MappingError(f"the plan does not cover the model's state dict (e.g. {missing!r}); plan against this "
+                           f"model's own state dict")
+    with torch.no_grad():
+        for step in plan.steps:
+            mine = current[step.target]
+            value = tensor_for_step(step, source, functools.partial(current.__getitem__, step.target), seed)
+            if value is not mine:
+                mine.copy_(value)
+            del value
+
+
+def _loads_plainly(model: torch.nn.Module) -> bool:
+    """Whether loading is a plain copy into each tensor: no module with its own loading logic or hooks (then
+    ``load_state_dict`` runs them), and state-dict keys that are the tensors themselves."""
+    for module in model.modules():
+        if (module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks or module._state_dict_hooks
+                or module._state_dict_pre_hooks):
+            return False
+        if not type(module)._load_from_state_dict.__module__.startswith("torch.nn.modules"):
+            return False
+    return True
+
+
+def _assign(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Module,
+            current: Mapping[str, torch.Tensor], seed: int | None) -> None:
+    """A meta-device model gets the tensors as its own (``assign=True``): each a copy, so that training the model
+    never writes into the source (a caller's state dict, or the checkpoint's memory map); a cast or resized
+    tensor is new already. assign also unties tied weights, so they are tied again afterwards."""
     from .model.tied import retie, tied_groups
 
+    new_state = {}
+    for step in plan.steps:
+        value = tensor_for_step(step, source, functools.partial(current.__getitem__, step.target), seed)
+        fresh = step.action != COPY or step.is_cast
+        new_state[step.target] = value if fresh else value.clone()
     tied = tied_groups(model)
-    model.load_state_dict({name: tensor.clone() for name, tensor in new_state.items()}, strict=True, assign=True)
+    model.load_state_dict(new_state, strict=True, assign=True)
     retie(model, tied)
 
 
