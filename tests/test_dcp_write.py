@@ -20,7 +20,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from ckptsurgeon.errors import CheckpointFormatError, OutputError
 from ckptsurgeon.io import folders
-from ckptsurgeon.io.dcp_writer import DATA_FILE, METADATA_FILE, write_dcp_folder, write_tensor_item
+from ckptsurgeon.io.dcp_writer import DATA_FILE, METADATA_FILE, write_dcp_folder
+from ckptsurgeon.io.torchzip_writer import write_tensor_item
 from ckptsurgeon.io.folders import atomic_folder, check_output_folder, remove_stale_folders
 from ckptsurgeon.io.records import FileSpan
 from ckptsurgeon.io.writer import tensor_bytes

@@ -28,7 +28,7 @@ from ..errors import CheckpointFormatError
 from ..specs import TensorSpec, dtype_name
 from .folders import atomic_folder, check_output_folder
 from .records import FileSpan
-from .torchzip_writer import STREAMED_DTYPES, ZIP64_LIMIT, _Pickle, _span_blocks, _write_tensor, _ZipStream
+from .torchzip_writer import STREAMED_DTYPES, write_tensor_item
 from .writer import tensor_bytes
 
 DATA_FILE = "__0_0.distcp"
@@ -79,32 +79,6 @@ def build_metadata(specs: list[TensorSpec], spans: list[tuple[int, int]], *, che
     return Metadata(state_dict_metadata=tensors, planner_data={spec.name: (spec.name,) for spec in specs},
                     storage_data=storage, storage_meta=StorageMeta(checkpoint_id=checkpoint_id, save_id=str(uuid.uuid4())),
                     version=DCP_VERSION)
-
-
-def tensor_pickle(spec: TensorSpec) -> bytes:
-    """``data.pkl`` of ``torch.save(tensor)`` for a contiguous tensor on its own storage ``'0'``."""
-    encoder = _Pickle()
-    _write_tensor(encoder, spec, "0")
-    encoder.raw(b".")
-    return bytes(encoder.out)
-
-
-def write_tensor_item(handle: BinaryIO, spec: TensorSpec, chunk: memoryview | bytes | FileSpan) -> int:
-    """Append the torch zip ``torch.save`` writes for the one tensor ``spec`` with bytes ``chunk``; returns its
-    length. Records and alignment as ``torchzip_writer.write_torch_zip_stream``, offsets counted from here."""
-    size = chunk.length if isinstance(chunk, FileSpan) else memoryview(chunk).nbytes
-    if size != spec.nbytes:
-        raise CheckpointFormatError(f"'{spec.name}': got {size} bytes, expected {spec.nbytes}")
-    archive = _ZipStream(handle, "archive/", ZIP64_LIMIT)
-    archive.add("data.pkl", tensor_pickle(spec))
-    archive.add(".format_version", b"1")
-    archive.add(".storage_alignment", b"64")
-    archive.add("byteorder", b"little")
-    archive.stream("data/0", _span_blocks(chunk) if isinstance(chunk, FileSpan) else [chunk], size)
-    archive.add("version", b"3\n")
-    archive.add(".data/serialization_id", archive.serialization_id())
-    archive.close()
-    return archive.at
 
 
 def _write_item(handle: BinaryIO, spec: TensorSpec, produce: Mapping[str, Callable[[], Any]],

@@ -21,7 +21,7 @@ import uuid
 from typing import Callable, Iterable, Iterator
 
 from ..errors import OutputError
-from .writer import _running, same_path
+from .writer import process_running, same_path
 
 _MARK = ".ckptsurgeon-"
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.ckptsurgeon-(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{12}$")
@@ -105,7 +105,7 @@ def remove_stale_folders(parent: str) -> list[str]:
         return removed
     for entry in names:
         found = _SIBLING.match(entry)
-        if found is None or _running(int(found["pid"])):
+        if found is None or process_running(int(found["pid"])):
             continue
         full = os.path.join(parent, entry)
         if not os.path.isdir(full) or os.path.islink(full):

@@ -322,3 +322,29 @@ def _span_blocks(span: FileSpan) -> Iterator[bytes]:
                 raise OSError(f"{span.path}: ended {left} bytes early")
             left -= len(block)
             yield block
+
+
+def tensor_pickle(spec: TensorSpec) -> bytes:
+    """``data.pkl`` of ``torch.save(tensor)`` for a contiguous tensor on its own storage ``'0'``."""
+    encoder = _Pickle()
+    _write_tensor(encoder, spec, "0")
+    encoder.raw(b".")
+    return bytes(encoder.out)
+
+
+def write_tensor_item(handle: BinaryIO, spec: TensorSpec, chunk: memoryview | bytes | FileSpan) -> int:
+    """Append the torch zip ``torch.save`` writes for the one tensor ``spec`` with bytes ``chunk``; returns its
+    length. Records and alignment as :func:`write_torch_zip_stream`, offsets counted from here (a DCP item)."""
+    size = chunk.length if isinstance(chunk, FileSpan) else memoryview(chunk).nbytes
+    if size != spec.nbytes:
+        raise CheckpointFormatError(f"'{spec.name}': got {size} bytes, expected {spec.nbytes}")
+    archive = _ZipStream(handle, "archive/", ZIP64_LIMIT)
+    archive.add("data.pkl", tensor_pickle(spec))
+    archive.add(".format_version", b"1")
+    archive.add(".storage_alignment", b"64")
+    archive.add("byteorder", b"little")
+    archive.stream("data/0", _span_blocks(chunk) if isinstance(chunk, FileSpan) else [chunk], size)
+    archive.add("version", b"3\n")
+    archive.add(".data/serialization_id", archive.serialization_id())
+    archive.close()
+    return archive.at
