@@ -192,12 +192,14 @@ def _assign(plan: Plan, source: Mapping[str, torch.Tensor], model: torch.nn.Modu
 
 
 def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int | None = None,
-               metadata: Mapping[str, str] | None = None) -> str:
+               metadata: Mapping[str, str] | None = None, format: str | None = None,
+               max_shard_size: int | str | None = None, force: bool = True) -> str:
     """Stream the planned target state dict into ``output``, one tensor at a time.
 
     ``source`` is the source checkpoint, or the list of inputs of a surgery command; ``template`` gives the
     target's initial values (a Checkpoint or a state dict; None when no step keeps one). Plain copies that
     keep their dtype, and kept initial values, go byte for byte from file to file without building a tensor.
+    ``format``, ``max_shard_size`` and ``force`` as for :func:`~ckptsurgeon.io.writer.write_streamed`.
     """
     from .io.writer import write_streamed
     from .specs import TensorSpec
@@ -211,7 +213,8 @@ def write_plan(plan: Plan, source: Any, template: Any, output: str, *, seed: int
     inputs = _inputs(source)
     produce = {step.target: functools.partial(_produce, step, inputs, template, seed) for step in plan.steps}
     return write_streamed(output, specs, produce, metadata=metadata,
-                          raw=lambda name: _raw_span(by_target[name], inputs, template))
+                          raw=lambda name: _raw_span(by_target[name], inputs, template), format=format,
+                          max_shard_size=max_shard_size, force=force)
 
 
 def _produce(step: Step, inputs: Sequence[Mapping[str, Any]], template: Any, seed: int | None) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .io import CheckpointInfo, open_checkpoint
 from .io.shards import checkpoint_files
-from .io.writer import check_output_path, write_streamed
+from .io.writer import check_output, write_streamed
 from .specs import FLOATING, TensorSpec, normalize_dtype
 
 
@@ -23,23 +23,26 @@ class ConvertResult:
 
 def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
                        dtype: str | None = None, container: str | None = None, trust: bool = False, force: bool = False,
-                       check: bool | None = None) -> ConvertResult:
-    """Write ``source``'s state dict to ``output`` (format by extension), casting floating tensors to ``dtype``.
+                       check: bool | None = None, format: str | None = None,
+                       max_shard_size: int | str | None = None) -> ConvertResult:
+    """Write ``source``'s state dict to ``output`` (format by extension, or ``format``: ``safetensors``, ``pt``,
+    ``dcp``, ``safetensors-sharded`` with ``max_shard_size``), casting floating tensors to ``dtype``.
 
     Integer and bool tensors (e.g. ``num_batches_tracked``) keep their dtype. The output is written
     atomically and never replaces the input. ``check`` verifies the CRC-32 of each torch zip record read.
     """
     target_dtype = normalize_dtype(dtype) if dtype else None
-    output = check_output_path(output, inputs=checkpoint_files(source), force=force)
+    output = check_output(output, inputs=checkpoint_files(source), force=force, format=format)
     with open_checkpoint(source, container=container, trust=trust, check=check) as checkpoint:
-        check_output_path(output, inputs=_input_files(checkpoint.info), force=force)  # a folder's files, shards
+        check_output(output, inputs=_input_files(checkpoint.info), force=force, format=format)  # shards too
         specs = [_converted(spec, target_dtype) for spec in checkpoint.specs.values()]
         produce = {spec.name: _producer(checkpoint, spec) for spec in specs}
         unchanged = {spec.name for spec in specs if spec.dtype == checkpoint.specs[spec.name].dtype}
         metadata = {"ckptsurgeon.source": os.path.basename(os.fspath(source)),
                     "ckptsurgeon.container": str(checkpoint.info.container or "")}
         write_streamed(output, specs, produce, metadata=metadata,
-                       raw=lambda name: checkpoint.raw_span(name) if name in unchanged else None)
+                       raw=lambda name: checkpoint.raw_span(name) if name in unchanged else None, format=format,
+                       max_shard_size=max_shard_size, force=force)
         cast = len(specs) - len(unchanged)
         return ConvertResult(checkpoint.info, output, len(specs), cast, sum(s.nbytes for s in specs))
 

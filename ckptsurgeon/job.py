@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from .io.shards import checkpoint_files
-from .io.writer import check_output_path, check_report_paths, write_text_atomic
+from .io.writer import check_output, check_report_paths, write_text_atomic
 from .options import RecipeOrigin, TransferOptions
 from .pipeline import TransferTarget, model_target, run_transfer, template_target
 
@@ -19,7 +19,8 @@ class TransferJob:
 
     def __init__(self, source: str, options: TransferOptions, *, template: str | None = None,
                  model_spec: str | None = None, model_kwargs: str | None = None, model_path: str | None = None,
-                 out: str | None = None, force: bool = False, recipe: RecipeOrigin | None = None) -> None:
+                 out: str | None = None, force: bool = False, recipe: RecipeOrigin | None = None,
+                 format: str | None = None, max_shard_size: int | str | None = None) -> None:
         self.source_path = source
         self.options = options
         self.template_path = template
@@ -27,6 +28,7 @@ class TransferJob:
         self.out = out
         self.force = force
         self.recipe = recipe
+        self.format, self.max_shard_size = format, max_shard_size
 
     def _inputs(self) -> dict[str, str]:
         inputs = {"source": self.source_path}
@@ -41,10 +43,11 @@ class TransferJob:
         # Every output is checked against every file the inputs consist of (shards, index) before any work.
         inputs = [f for p in (self.source_path, self.template_path) if p for f in checkpoint_files(p)]
         if self.out and not dry_run:
-            check_output_path(self.out, inputs=inputs, force=self.force)
+            check_output(self.out, inputs=inputs, force=self.force, format=self.format)
         check_report_paths((report_json, report_md), inputs=inputs, out=self.out)
         report = run_transfer(self.source_path, self._target(), self.options, dry_run=dry_run,
-                              out=None if dry_run else self.out, recipe=self.recipe, inputs=self._inputs())
+                              out=None if dry_run else self.out, recipe=self.recipe, inputs=self._inputs(),
+                              format=self.format, max_shard_size=self.max_shard_size, force=self.force)
         _save(report, report_json, report_md)
         return report
 

@@ -108,9 +108,12 @@ def _any(predicates: Iterable[Callable[[str], bool]], name: str) -> bool:
 
 def run_transfer(source: Any, target: TransferTarget, options: TransferOptions, *, dry_run: bool = False,
                  out: str | None = None, recipe: RecipeOrigin | None = None,
-                 inputs: Mapping[str, str] | None = None) -> Report:
+                 inputs: Mapping[str, str] | None = None, format: str | None = None,
+                 max_shard_size: int | str | None = None, force: bool = True) -> Report:
     """Plan ``source`` into ``target``, check the gates, and (unless a gate fails or ``dry_run``) apply it:
     into the live model (then written to ``out`` if given) or streamed from the template into ``out``.
+    ``format`` (default from the extension), ``max_shard_size`` and ``force`` say how ``out`` is written
+    (see :func:`~ckptsurgeon.io.writer.write_streamed`).
 
     Returns the Report; gate failures are in ``report.gate_failures`` (the callers decide how to fail).
     """
@@ -129,7 +132,8 @@ def run_transfer(source: Any, target: TransferTarget, options: TransferOptions, 
 
         if out is None:
             raise MappingError(f"a template target ({target.label}) is written to a file: give an output path")
-        write_plan(plan, checkpoint, target.template, out, seed=seed, metadata=report_metadata(report))
+        write_plan(plan, checkpoint, target.template, out, seed=seed, metadata=report_metadata(report),
+                   format=format, max_shard_size=max_shard_size, force=force)
         return report
     from .apply import apply_to_model
 
@@ -141,5 +145,5 @@ def run_transfer(source: Any, target: TransferTarget, options: TransferOptions, 
         from .io.writer import write_state_dict
 
         write_state_dict(out, target.model.state_dict(), metadata=report_metadata(report), inputs=[label],
-                         force=True)
+                         force=force, format=format, max_shard_size=max_shard_size)
     return report

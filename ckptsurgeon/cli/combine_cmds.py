@@ -16,7 +16,8 @@ from .surgery_cmds import finish, surgery_options
               help="Take this side's tensor for keys both hold with another shape, dtype or value (still reported).")
 @surgery_options
 def merge(a: str, b: str, out: str, prefer: str | None, dry_run: bool, as_json: bool, report_path: str | None,
-          verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+          verbose: bool, force: bool, container: str | None, trust: bool,
+          output_format: str | None, max_shard_size: int | None) -> None:
     """The union of two state dicts, A's keys then B's new ones, written to OUT.
 
     A key in both with another shape, dtype or value is a conflict: listed, exit 2, nothing written, unless
@@ -28,7 +29,8 @@ def merge(a: str, b: str, out: str, prefer: str | None, dry_run: bool, as_json: 
     from ..surgery.combine import merge_checkpoints
 
     report = merge_checkpoints(a, b, out, prefer=prefer, dry_run=dry_run, force=force, container=container,
-                               trust=trust)
+                               trust=trust, format=output_format,
+                               max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)
 
 
@@ -40,7 +42,8 @@ def merge(a: str, b: str, out: str, prefer: str | None, dry_run: bool, as_json: 
               "(default: equal).")
 @surgery_options
 def average(inputs: tuple[str, ...], out: str | None, weights: str | None, dry_run: bool, as_json: bool,
-            report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+            report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool,
+            output_format: str | None, max_shard_size: int | None) -> None:
     """The mean of checkpoints of one architecture (EMA, SWA, model soups), written to OUT.
 
     Floating tensors are accumulated in fp32, one source tensor at a time, and written in their own dtype;
@@ -53,5 +56,6 @@ def average(inputs: tuple[str, ...], out: str | None, weights: str | None, dry_r
     if out is None and not dry_run:
         raise click.UsageError("give the output with -o OUT (or --dry-run to plan only)")
     report = average_checkpoints(inputs, out, weights=parse_weights(weights) if weights else None,
-                                 dry_run=dry_run, force=force, container=container, trust=trust)
+                                 dry_run=dry_run, force=force, container=container, trust=trust,
+                                 format=output_format, max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)

@@ -21,7 +21,8 @@ from .surgery_cmds import finish, surgery_options
 @surgery_options
 def fuse_bn_command(source: str, out: str, model_spec: str | None, model_kwargs: str | None, model_path: str | None,
                     pairs_path: str | None, eps: float | None, seed: int, dry_run: bool, as_json: bool,
-                    report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+                    report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool,
+                    output_format: str | None, max_shard_size: int | None) -> None:
     """Fold each BatchNorm into the convolution before it (W * gamma/sqrt(var+eps) per output channel, a new
     bias), for deployment. Pairs come from a torch.fx trace of --model (nn.Sequential order when tracing
     fails) or from --pairs FILE. The BatchNorm keys are left out of OUT, the convs get fused weight and bias;
@@ -45,5 +46,6 @@ def fuse_bn_command(source: str, out: str, model_spec: str | None, model_kwargs:
 
         model = load_model(model_spec, model_kwargs, model_path)
     report = fuse_bn(source, out, model=model, pairs=pairs_path, eps=eps, dry_run=dry_run, force=force,
-                     container=container, trust=trust, seed=seed)
+                     container=container, trust=trust, seed=seed, format=output_format,
+                     max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import cli
-from .options import check_option, container_options, force_option, model_options
+from .options import check_option, container_options, force_option, model_options, output_format_options
 
 
 @cli.command()
@@ -88,13 +88,18 @@ def diff(a: str, b: str, container: str | None, trust: bool, values: bool, atol:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "fp64"]),
               help="Cast floating tensors; integer buffers keep their dtype.")
 @check_option
+@output_format_options
 def convert(source: str, out: str, container: str | None, trust: bool, force: bool, dtype: str | None,
-            check: bool | None) -> None:
-    """Rewrite SOURCE's state dict as OUT (.safetensors, .pt, .pth), optionally in another dtype."""
+            check: bool | None, output_format: str | None, max_shard_size: int | None) -> None:
+    """Rewrite SOURCE's state dict as OUT (.safetensors, .pt, .pth), optionally in another dtype.
+
+    OUT is a folder with --format safetensors-sharded (the hub's shards and index) or --format dcp.
+    """
     from ..convert import convert_checkpoint
     from ..views import human_bytes
 
-    result = convert_checkpoint(source, out, dtype=dtype, container=container, trust=trust, force=force, check=check)
+    result = convert_checkpoint(source, out, dtype=dtype, container=container, trust=trust, force=force, check=check,
+                                format=output_format, max_shard_size=max_shard_size)
     where = f" from container '{result.source.container}'" if result.source.container else ""
     click.echo(f"wrote {result.output}: {result.tensors} tensors{where}, {result.cast} cast to {dtype or 'their own dtype'}, "
                f"{human_bytes(result.nbytes)}")

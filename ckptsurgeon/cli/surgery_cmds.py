@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from . import cli
-from .options import container_options, force_option
+from .options import container_options, force_option, output_format_options
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -17,7 +17,9 @@ F = Callable[..., Any]
 
 
 def surgery_options(func: F) -> F:
-    """--dry-run, --json, --report FILE, --verbose, --force, --container, --trust: every surgery command's."""
+    """--dry-run, --json, --report FILE, --verbose, --force, --container, --trust, --format, --max-shard-size,
+    --quiet: every surgery command's."""
+    func = output_format_options(func)
     func = container_options(func)
     func = force_option(func)
     func = click.option("--verbose", is_flag=True, help="List every key changed.")(func)
@@ -46,12 +48,14 @@ def finish(report: Report, *, as_json: bool, report_path: str | None, verbose: b
 @click.option("--prefix", "prefixes", multiple=True, metavar="OLD=NEW", help="A prefix table entry, '{}' for a layer index: 'layers.{}.attention.=blocks.{}.attn.'. Repeatable.")
 @surgery_options
 def rename(source: str, out: str, rules: tuple[str, ...], prefixes: tuple[str, ...], dry_run: bool, as_json: bool,
-           report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+           report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool,
+           output_format: str | None, max_shard_size: int | None) -> None:
     """Rename the keys of IN, written to OUT."""
     from ..surgery.edits import rename_checkpoint
 
     report = rename_checkpoint(source, out, rules, prefixes=prefixes, dry_run=dry_run, force=force,
-                               container=container, trust=trust)
+                               container=container, trust=trust, format=output_format,
+                               max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)
 
 
@@ -61,11 +65,13 @@ def rename(source: str, out: str, rules: tuple[str, ...], prefixes: tuple[str, .
 @click.option("--pattern", "patterns", multiple=True, required=True, metavar="PATTERN", help="Keys to leave out: a glob, or re:REGEX. Repeatable.")
 @surgery_options
 def drop(source: str, out: str, patterns: tuple[str, ...], dry_run: bool, as_json: bool, report_path: str | None,
-         verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+         verbose: bool, force: bool, container: str | None, trust: bool,
+         output_format: str | None, max_shard_size: int | None) -> None:
     """Write IN without the keys a pattern selects to OUT."""
     from ..surgery.edits import drop_keys
 
-    report = drop_keys(source, out, patterns, dry_run=dry_run, force=force, container=container, trust=trust)
+    report = drop_keys(source, out, patterns, dry_run=dry_run, force=force, container=container, trust=trust,
+                       format=output_format, max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)
 
 
@@ -76,12 +82,14 @@ def drop(source: str, out: str, patterns: tuple[str, ...], dry_run: bool, as_jso
 @click.option("--strip", is_flag=True, help="Remove the prefix from the kept names.")
 @surgery_options
 def extract(source: str, out: str, prefix: str, strip: bool, dry_run: bool, as_json: bool, report_path: str | None,
-            verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+            verbose: bool, force: bool, container: str | None, trust: bool,
+            output_format: str | None, max_shard_size: int | None) -> None:
     """Keep only the keys under a module prefix of IN (e.g. a detector's backbone), written to OUT."""
     from ..surgery.edits import extract_prefix
 
     report = extract_prefix(source, out, prefix, strip=strip, dry_run=dry_run, force=force, container=container,
-                            trust=trust)
+                            trust=trust, format=output_format,
+                            max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)
 
 
@@ -91,11 +99,13 @@ def extract(source: str, out: str, prefix: str, strip: bool, dry_run: bool, as_j
 @click.option("--dtype", required=True, type=click.Choice(["fp16", "bf16", "fp32", "fp64"]), help="The floating dtype to write.")
 @surgery_options
 def cast(source: str, out: str, dtype: str, dry_run: bool, as_json: bool, report_path: str | None, verbose: bool,
-         force: bool, container: str | None, trust: bool) -> None:
+         force: bool, container: str | None, trust: bool,
+         output_format: str | None, max_shard_size: int | None) -> None:
     """Cast the floating tensors of IN to --dtype (integer buffers keep theirs), written to OUT."""
     from ..surgery.edits import cast_checkpoint
 
-    report = cast_checkpoint(source, out, dtype, dry_run=dry_run, force=force, container=container, trust=trust)
+    report = cast_checkpoint(source, out, dtype, dry_run=dry_run, force=force, container=container, trust=trust,
+                             format=output_format, max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)
 
 
@@ -106,7 +116,8 @@ def cast(source: str, out: str, dtype: str, dry_run: bool, as_json: bool, report
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32", "fp64"]), help="Also cast the floating tensors.")
 @surgery_options
 def strip(source: str, out: str, use_ema: bool, dtype: str | None, dry_run: bool, as_json: bool,
-          report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool) -> None:
+          report_path: str | None, verbose: bool, force: bool, container: str | None, trust: bool,
+          output_format: str | None, max_shard_size: int | None) -> None:
     """Weights only: the state dict of IN (or its EMA) without optimizer, epoch and the rest, written to OUT.
 
     The official YOLOv7 training .pt (a pickled fp16 model and EMA): strip IN OUT --use-ema --dtype fp32.
@@ -114,5 +125,6 @@ def strip(source: str, out: str, use_ema: bool, dtype: str | None, dry_run: bool
     from ..surgery.edits import strip_checkpoint
 
     report = strip_checkpoint(source, out, use_ema=use_ema, dtype=dtype, dry_run=dry_run, force=force,
-                              container=container, trust=trust)
+                              container=container, trust=trust, format=output_format,
+                              max_shard_size=max_shard_size)
     finish(report, as_json=as_json, report_path=report_path, verbose=verbose)

@@ -8,14 +8,14 @@ import click
 
 from . import cli
 from ..options import STRATEGY_SWITCHES
-from .options import check_option, container_options, force_option, model_options
+from .options import check_option, container_options, force_option, model_options, output_format_options
 
 
 @cli.command()
 @click.argument("source")
 @click.option("--target", "template", metavar="TEMPLATE", help="A checkpoint whose keys, shapes and dtypes describe the target.")
 @model_options
-@click.option("-o", "--out", "out", metavar="OUT", help="Write the target's complete state dict here (.safetensors, .pt).")
+@click.option("-o", "--out", "out", metavar="OUT", help="Write the target's complete state dict here (.safetensors, .pt; a folder with --format).")
 @click.option("--report", "report_json", metavar="FILE", help="Write the report as JSON (schema ckptsurgeon.report/1).")
 @click.option("--markdown", "report_md", metavar="FILE", help="Write the report as Markdown.")
 @click.option("--dry-run", is_flag=True, help="Print the plan only; read no tensor data, write no OUT.")
@@ -35,13 +35,14 @@ from .options import check_option, container_options, force_option, model_option
 @container_options
 @force_option
 @check_option
+@output_format_options
 def transfer(source: str, template: str | None, model_spec: str | None, model_kwargs: str | None,
              model_path: str | None, out: str | None, report_json: str | None, report_md: str | None, dry_run: bool,
              rename: tuple[str, ...], resize: tuple[str, ...], init_rules: tuple[str, ...],
              copy_rules: tuple[str, ...], order_fallback: bool, disable: tuple[str, ...], recipe: str | None,
              seed: int | None, strict: bool, allow_unused: tuple[str, ...], allow_new: tuple[str, ...],
              min_coverage: float | None, verbose: bool, container: str | None, trust: bool, force: bool,
-             check: bool | None) -> None:
+             check: bool | None, output_format: str | None, max_shard_size: int | None) -> None:
     """Transfer SOURCE's weights into a modified architecture and account for every key.
 
     The target is a live model (--model) or a template checkpoint (--target). Names are matched by rules,
@@ -63,7 +64,8 @@ def transfer(source: str, template: str | None, model_spec: str | None, model_kw
                       container=container, trust=trust, strict=strict, allow_unused=allow_unused,
                       allow_new=allow_new, min_coverage=min_coverage)
     job = TransferJob(source, options, template=template, model_spec=model_spec, model_kwargs=model_kwargs,
-                      model_path=model_path, out=out, force=force, recipe=loaded.origin if loaded else None)
+                      model_path=model_path, out=out, force=force, recipe=loaded.origin if loaded else None,
+                      format=output_format, max_shard_size=max_shard_size)
     with checking(CHECK_CRC.get() if check is None else check):
         report = job.run(dry_run=dry_run, report_json=report_json, report_md=report_md)
     click.echo(report.render(color=sys.stdout.isatty(), verbose=verbose))

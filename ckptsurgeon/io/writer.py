@@ -1,7 +1,8 @@
 """Writing checkpoints atomically: a temporary file beside the target, fsync, rename.
 
 The output format follows the extension: ``.safetensors``, or anything else (``.pt``, ``.pth``, ``.bin``) as
-the torch zip ``torch.save`` writes for a state dict; both are streamed tensor by tensor.
+the torch zip ``torch.save`` writes for a state dict; both are streamed tensor by tensor. An explicit
+``format`` also writes folders: ``safetensors-sharded`` (``sharded_writer``) and ``dcp`` (``dcp_writer``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: Iterable[str | os
     if any(same_path(path, source) for source in inputs):
         raise OutputError(f"{path}: the output is also an input; write to another file")
     if os.path.isdir(path):
-        raise OutputError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'model.safetensors')}")
+        raise OutputError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'model.safetensors')}, "
+                          f"or write a folder with --format safetensors-sharded or --format dcp")
     if formats and not path.lower().endswith(formats):
         raise OutputError(f"{path}: unknown output format {os.path.splitext(path)[1] or '(no extension)'!r}; "
                           f"name it {' or '.join(formats)}")
@@ -181,14 +183,14 @@ def remove_stale_temporaries(folder: str) -> list[str]:
         return removed
     for name in names:
         pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
                 removed.append(name)
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,37 +220,110 @@ def tensor_bytes(tensor: Any) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
+FORMATS = ("safetensors", "pt", "dcp", "safetensors-sharded")
+FOLDER_FORMATS = ("dcp", "safetensors-sharded")
+
+
+def output_format(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The format to write: ``format`` when given, else the one OUT's extension names (``.safetensors``, or
+    ``.pt``/``.pth``/``.bin``/``.ckpt`` as a torch zip). A folder needs ``format`` (``dcp``, ``safetensors-sharded``)."""
+    path = os.fspath(path)
+    if format is not None:
+        if format not in FORMATS:
+            raise OutputError(f"{path}: unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    if is_safetensors_path(path):
+        return "safetensors"
+    if path.lower().endswith(OUTPUT_EXTENSIONS):
+        return "pt"
+    if os.path.isdir(path) or not os.path.splitext(path)[1]:
+        raise OutputError(f"{path}: a folder output needs a format; pass --format safetensors-sharded or "
+                          f"--format dcp (format=...), or name a file such as {path}.safetensors")
+    return "pt"   # check_output_path names the unknown extension
+
+
+def check_output(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                 force: bool = False, format: str | None = None) -> str:
+    """:func:`check_output_path` for a file, ``folders.check_output_folder`` for a folder format; runs before
+    any work. With an explicit file ``format`` any extension is accepted."""
+    if format is None and not os.path.isdir(path) and not os.path.splitext(os.fspath(path))[1]:
+        output_format(path)   # refuses a folder name without a format, saying which to pass
+    if format is not None and output_format(path, format) in FOLDER_FORMATS:
+        from .folders import check_output_folder
+
+        return check_output_folder(path, inputs=inputs, force=force)
+    return check_output_path(path, inputs=inputs, force=force, formats=OUTPUT_EXTENSIONS if format is None else ())
+
+
 def write_state_dict(path: str | os.PathLike[str], tensors: Mapping[str, Any], *,
                      metadata: Mapping[str, str] | None = None, inputs: Iterable[str | os.PathLike[str]] = (),
-                     force: bool = False) -> str:
-    """Write ``tensors`` (name -> torch tensor) to ``path``, atomically; the format follows the extension."""
-    path = check_output_path(path, inputs=inputs, force=force)
+                     force: bool = False, format: str | None = None,
+                     max_shard_size: int | str | None = None) -> str:
+    """Write ``tensors`` (name -> torch tensor) to ``path``, atomically; the format follows the extension
+    unless ``format`` names one."""
+    path = check_output(path, inputs=inputs, force=force, format=format)
     specs = [spec_of(name, tensor) for name, tensor in tensors.items()]
     getters = {name: (lambda t=tensor: t) for name, tensor in tensors.items()}
-    return write_streamed(path, specs, getters, metadata=metadata)
+    return write_streamed(path, specs, getters, metadata=metadata, format=format, max_shard_size=max_shard_size,
+                          force=force)
 
 
 def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Callable[[], Any]], *,
                    metadata: Mapping[str, str] | None = None,
-                   raw: Callable[[str], memoryview | FileSpan | None] | None = None) -> str:
+                   raw: Callable[[str], memoryview | FileSpan | None] | None = None,
+                   format: str | None = None, max_shard_size: int | str | None = None, force: bool = True) -> str:
     """Write tensors produced one at a time, so only one needs to be in memory at once.
 
     ``produce[name]()`` returns a torch tensor of ``specs``' shape and dtype; ``raw(name)``, when given,
     may return the bytes directly, or where they lie in a file (no torch needed), and is tried first.
     ``metadata`` goes into a safetensors header; a torch zip holds the state dict alone. Quantized tensors
     (whose scales only torch knows how to pickle) go to ``torch.save`` whole.
+
+    ``format`` (``safetensors``, ``pt``, ``dcp``, ``safetensors-sharded``; default from the extension) picks
+    the output; the folder formats replace an existing folder only with ``force`` (callers check the path
+    first, see :func:`check_output`). ``max_shard_size`` (bytes or ``"5GB"``) sizes safetensors shards.
+    A progress bar shows on stderr when the CLI asks for one (``progress.showing_progress``).
     """
+    from .progress import TensorProgress
+
+    chosen = output_format(path, format)
     for spec in specs:
         check_key(spec.name)
+    progress = TensorProgress({spec.name: spec.nbytes for spec in specs}, f"writing {os.path.basename(path)}")
+
+    def tracked(name: str) -> memoryview | FileSpan | None:
+        progress.begin(name)
+        return raw(name) if raw is not None else None
+
+    try:
+        _write_format(chosen, path, specs, produce, metadata, tracked, max_shard_size, force)
+    finally:
+        progress.close()
+    return path
+
+
+def _write_format(chosen: str, path: str, specs: list[TensorSpec], produce: Mapping[str, Callable[[], Any]],
+                  metadata: Mapping[str, str] | None, raw: Callable[[str], memoryview | FileSpan | None],
+                  max_shard_size: int | str | None, force: bool) -> None:
+    if chosen == "safetensors-sharded":
+        from .sharded_writer import DEFAULT_MAX_SHARD_SIZE, write_sharded_safetensors
+
+        write_sharded_safetensors(path, specs, produce, raw=raw, metadata=metadata, force=force,
+                                  max_shard_size=DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+        return
+    if chosen == "dcp":
+        from .dcp_writer import write_dcp_folder
+
+        write_dcp_folder(path, specs, produce, raw=raw, force=force)
+        return
     chunks = (_bytes_of(spec.name, produce, raw) for spec in specs)
     with atomic_output(path) as handle:
-        if is_safetensors_path(path):
+        if chosen == "safetensors":
             write_safetensors_stream(handle, specs, chunks, dict(metadata or {}))
         elif all(spec.dtype in STREAMED_DTYPES for spec in specs):
             write_torch_zip_stream(handle, specs, chunks)
         else:
             _torch_save({spec.name: _compact(produce[spec.name]()) for spec in specs}, handle, path)
-    return path
 
 
 class _WatchedWrites:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, Unpack
 
 from ..errors import MappingError
 from ..io import Checkpoint
 from ..operations import average_weights
 from ..plan import COMPUTE, Plan, ReasonKind, Step, Unused
 from ..specs import FLOATING, TensorSpec, format_shape
-from .run import copy_step, run_surgery
+from .run import OutputOptions, copy_step, run_surgery
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -59,7 +59,8 @@ class MergeConflictError(MappingError):
 
 
 def merge_checkpoints(a: Path, b: Path, out: str | None, *, prefer: str | None = None, dry_run: bool = False,
-                      force: bool = False, container: str | None = None, trust: bool = False) -> Report:
+                      force: bool = False, container: str | None = None, trust: bool = False,
+                      **output: Unpack[OutputOptions]) -> Report:
     """The union of two state dicts: ``a``'s keys in order, then ``b``'s keys ``a`` lacks.
 
     A key in both with another shape, dtype or value is a conflict: :class:`MergeConflictError` lists them
@@ -89,7 +90,8 @@ def merge_checkpoints(a: Path, b: Path, out: str | None, *, prefer: str | None =
             notes.append(f"{_plural(len(shared), 'key')} in both inputs with the same shape and dtype: value "
                          f"conflicts are found only when run (a dry run reads no tensor data)")
         return Plan(plan.steps, plan.unused, notes=tuple(notes))
-    return run_surgery("merge", [a, b], build, out, dry_run=dry_run, force=force, container=container, trust=trust)
+    return run_surgery("merge", [a, b], build, out, dry_run=dry_run, force=force,
+                       container=container, trust=trust, **output)
 
 
 def _spec_conflicts(first: dict[str, TensorSpec], second: dict[str, TensorSpec]) -> dict[str, Conflict]:
@@ -159,7 +161,7 @@ def _conflict_note(conflict: Conflict, side: str) -> str:
 
 def average_checkpoints(inputs: Sequence[Path], out: str | None, *, weights: Sequence[float] | None = None,
                         dry_run: bool = False, force: bool = False, container: str | None = None,
-                        trust: bool = False) -> Report:
+                        trust: bool = False, **output: Unpack[OutputOptions]) -> Report:
     """The (weighted) mean of N checkpoints with the same keys, shapes and dtypes: EMA, SWA, model soups.
 
     Every floating tensor is an ``average`` compute step over all inputs: accumulated in fp32 (fp64 for fp64
@@ -186,7 +188,8 @@ def average_checkpoints(inputs: Sequence[Path], out: str | None, *, weights: Seq
                  else copy_step(spec.name, spec, reason="not floating: from input 0") for spec in specs.values()]
         notes = _average_notes(specs, weights, normalised)
         return Plan(tuple(steps), (), notes=tuple(notes))
-    return run_surgery("average", inputs, build, out, dry_run=dry_run, force=force, container=container, trust=trust)
+    return run_surgery("average", inputs, build, out, dry_run=dry_run, force=force,
+                       container=container, trust=trust, **output)
 
 
 def parse_weights(text: str) -> list[float]:

@@ -4,14 +4,14 @@ dtypes only and runs it through :func:`.run.run_surgery` (checked, atomic, strea
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence, Unpack
 
 from ..errors import MappingError
 from ..io import Checkpoint
 from ..match.rules import apply_renames, compile_pattern, parse_rename
 from ..plan import DROPPED, RENAME, Plan, Step, Unused
 from ..specs import FLOATING, TensorSpec
-from .run import copy_step, dropped, run_surgery
+from .run import OutputOptions, copy_step, dropped, run_surgery
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -22,7 +22,7 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "flo
 
 def rename_checkpoint(source: Path, out: str | None, rules: Sequence[str | tuple[str, str]] = (), *,
                       prefixes: Sequence[str] = (), dry_run: bool = False, force: bool = False,
-                      container: str | None = None, trust: bool = False) -> Report:
+                      container: str | None = None, trust: bool = False, **output: Unpack[OutputOptions]) -> Report:
     """Rename keys by ``REGEX=REPLACEMENT`` rules (applied in order, ``re.sub``) and torchtune-style prefix
     tables (``layers.{}.attention.=blocks.{}.attn.``); a key that becomes empty is dropped."""
     from ..recipe import prefix_rule
@@ -48,7 +48,8 @@ def rename_checkpoint(source: Path, out: str | None, rules: Sequence[str | tuple
             steps.append(copy_step(new, spec, source=name, strategy=RENAME if new != name else None,
                                    reason="renamed" if new != name else "unchanged"))
         return Plan(tuple(steps), tuple(unused))
-    return run_surgery("rename", [source], build, out, dry_run=dry_run, force=force, container=container, trust=trust)
+    return run_surgery("rename", [source], build, out, dry_run=dry_run, force=force,
+                       container=container, trust=trust, **output)
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -59,7 +60,8 @@ def _pair(text: str, option: str) -> tuple[str, str]:
 
 
 def drop_keys(source: Path, out: str | None, patterns: Sequence[str], *, dry_run: bool = False,
-              force: bool = False, container: str | None = None, trust: bool = False) -> Report:
+              force: bool = False, container: str | None = None, trust: bool = False,
+              **output: Unpack[OutputOptions]) -> Report:
     """Leave out the keys any pattern selects (globs, or ``re:REGEX``)."""
     if not patterns:
         raise MappingError("drop: give at least one --pattern")
@@ -78,11 +80,13 @@ def drop_keys(source: Path, out: str | None, patterns: Sequence[str], *, dry_run
                 unused.append(dropped(spec, DROPPED, f"--pattern {hit}"))
         notes = tuple(f"--pattern {pattern!r} selects no key" for pattern, _ in compiled if pattern not in used)
         return _nonempty(Plan(tuple(steps), tuple(unused), notes=notes), "drop", "every key")
-    return run_surgery("drop", [source], build, out, dry_run=dry_run, force=force, container=container, trust=trust)
+    return run_surgery("drop", [source], build, out, dry_run=dry_run, force=force,
+                       container=container, trust=trust, **output)
 
 
 def extract_prefix(source: Path, out: str | None, prefix: str, *, strip: bool = False, dry_run: bool = False,
-                   force: bool = False, container: str | None = None, trust: bool = False) -> Report:
+                   force: bool = False, container: str | None = None, trust: bool = False,
+                   **output: Unpack[OutputOptions]) -> Report:
     """Keep the sub-tree under ``prefix`` (a module path: ``backbone`` means ``backbone.``), and with ``strip``
     remove the prefix from its names (``backbone.conv.weight`` -> ``conv.weight``)."""
     module = prefix if prefix.endswith(".") else prefix + "."
@@ -99,22 +103,23 @@ def extract_prefix(source: Path, out: str | None, prefix: str, *, strip: bool = 
                                    reason=f"{module} stripped" if strip else "unchanged"))
         return _nonempty(Plan(tuple(steps), tuple(unused)), "extract", f"no key under {module!r}")
     return run_surgery("extract", [source], build, out, dry_run=dry_run, force=force, container=container,
-                       trust=trust)
+                       trust=trust, **output)
 
 
 def cast_checkpoint(source: Path, out: str | None, dtype: str, *, dry_run: bool = False, force: bool = False,
-                    container: str | None = None, trust: bool = False) -> Report:
+                    container: str | None = None, trust: bool = False, **output: Unpack[OutputOptions]) -> Report:
     """Cast floating tensors to ``dtype`` (``fp16``, ``bf16``, ``fp32``, ``fp64``); integer buffers keep theirs."""
     target = _dtype(dtype)
 
     def build(inputs: Sequence[Checkpoint]) -> Plan:
         return Plan(tuple(_cast_steps(inputs[0].specs.values(), target)), ())
-    return run_surgery("cast", [source], build, out, dry_run=dry_run, force=force, container=container, trust=trust)
+    return run_surgery("cast", [source], build, out, dry_run=dry_run, force=force,
+                       container=container, trust=trust, **output)
 
 
 def strip_checkpoint(source: Path, out: str | None, *, use_ema: bool = False, dtype: str | None = None,
                      dry_run: bool = False, force: bool = False, container: str | None = None,
-                     trust: bool = False) -> Report:
+                     trust: bool = False, **output: Unpack[OutputOptions]) -> Report:
     """Weights only: the model's state dict (or with ``use_ema`` the EMA's) without the optimizer, epoch and
     everything else the file holds; ``dtype`` casts floating tensors (a YOLOv7 ``.pt`` keeps fp16 weights).
     """
@@ -132,7 +137,8 @@ def strip_checkpoint(source: Path, out: str | None, *, use_ema: bool = False, dt
         left = (f"; left out {', '.join(repr(name) for name in others)} and every entry that is not a tensor"
                 if others else "; left out every entry that is not a tensor")
         return Plan(tuple(steps), (), notes=(kept + left,))
-    return run_surgery("strip", [source], build, out, dry_run=dry_run, force=force, container=chosen, trust=trust)
+    return run_surgery("strip", [source], build, out, dry_run=dry_run, force=force,
+                       container=chosen, trust=trust, **output)
 
 
 def _cast_steps(specs: Iterable[TensorSpec], dtype: str | None) -> list[Step]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence, Unpack
 
 from ..errors import MappingError, ShapeError
 from ..plan import COMPUTE, Plan, ReasonKind, Step, Unused
 from ..specs import FLOATING, TensorSpec, format_shape
 from .fuse_pairs import FusePair, Pairing, pair_from_model, parse_pairs, read_pairs_file, unlisted_batchnorms
-from .run import copy_step, run_surgery
+from .run import OutputOptions, copy_step, run_surgery
 
 if TYPE_CHECKING:
     import torch
@@ -217,7 +217,7 @@ def pair_note(pair: FusePair, difference: float | None = None) -> str:
 def fuse_bn(in_path: str | os.PathLike[str], out_path: str | None, *, model: Any = None,
             pairs: str | os.PathLike[str] | Sequence[Any] | None = None, eps: float | None = None,
             dry_run: bool = False, force: bool = False, container: str | None = None, trust: bool = False,
-            seed: int = 0) -> Report:
+            seed: int = 0, **output: Unpack[OutputOptions]) -> Report:
     """Fold each BatchNorm of ``in_path`` into the conv before it and write ``out_path`` (checked, atomic).
 
     Args:
@@ -249,7 +249,7 @@ def fuse_bn(in_path: str | os.PathLike[str], out_path: str | None, *, model: Any
         return fuse_plan(specs, full)
 
     report = run_surgery("fuse-bn", [in_path], build, out_path, dry_run=dry_run, force=force, container=container,
-                         trust=trust)
+                         trust=trust, **output)
     if not report.applied or out_path is None:
         return report
     from .fuse_check import check_fused

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypedDict
 
 from ..errors import MappingError
 from ..io import Checkpoint, open_checkpoint
@@ -18,24 +18,33 @@ if TYPE_CHECKING:
 PlanBuilder = Callable[[Sequence[Checkpoint]], Plan]
 
 
+class OutputOptions(TypedDict, total=False):
+    """How a surgery command writes OUT: ``format`` (``safetensors``, ``pt``, ``dcp``, ``safetensors-sharded``;
+    default from the extension) and ``max_shard_size`` (bytes or ``"5GB"``, for ``safetensors-sharded``)."""
+
+    format: str | None
+    max_shard_size: int | str | None
+
+
 def run_surgery(command: str, inputs: Sequence[str | os.PathLike[str]], build: PlanBuilder, out: str | None, *,
                 dry_run: bool = False, force: bool = False, container: str | None = None,
-                trust: bool = False) -> Report:
+                trust: bool = False, format: str | None = None, max_shard_size: int | str | None = None) -> Report:
     """Plan ``command`` over ``inputs`` with ``build`` and, unless ``dry_run`` (or no ``out``), write the result
     to ``out``: checked against every input file first (never an input; replaced only with ``force``),
-    written atomically, one tensor in memory at a time.
+    written atomically, one tensor in memory at a time, as ``format`` (default from the extension; the
+    folder formats ``safetensors-sharded``, with ``max_shard_size``, and ``dcp``).
 
     Returns the Report (schema ``ckptsurgeon.report/2``): its ``target`` is the command, its steps name
     their sources by input index.
     """
-    from ..io.writer import check_output_path
+    from ..io.writer import check_output
     from ..report import Report
 
     paths = [os.fspath(path) for path in inputs]
     if not paths:
         raise MappingError(f"{command}: give at least one input checkpoint")
     if out is not None and not dry_run:
-        check_output_path(out, inputs=[f for path in paths for f in checkpoint_files(path)], force=force)
+        check_output(out, inputs=[f for path in paths for f in checkpoint_files(path)], force=force, format=format)
     checkpoints = [open_checkpoint(path, container=container, trust=trust) for path in paths]
     try:
         plan = build(checkpoints)
@@ -44,18 +53,19 @@ def run_surgery(command: str, inputs: Sequence[str | os.PathLike[str]], build: P
         if dry_run or out is None:
             return report
         report = dataclasses.replace(report, output=out, applied=True)
-        _write(plan, checkpoints, out, report)
+        _write(plan, checkpoints, out, report, OutputOptions(format=format, max_shard_size=max_shard_size), force)
         return report
     finally:
         for checkpoint in checkpoints:
             checkpoint.close()
 
 
-def _write(plan: Plan, checkpoints: Sequence[Checkpoint], out: str, report: Report) -> None:
+def _write(plan: Plan, checkpoints: Sequence[Checkpoint], out: str, report: Report, output: OutputOptions,
+           force: bool) -> None:
     from ..apply import write_plan
     from ..report import report_metadata
 
-    write_plan(plan, list(checkpoints), None, out, metadata=report_metadata(report))
+    write_plan(plan, list(checkpoints), None, out, metadata=report_metadata(report), force=force, **output)
 
 
 def copy_step(target: str, spec: TensorSpec, *, source: str | None = None, input_index: int = 0,
