@@ -116,7 +116,7 @@ class Checkpoint(Mapping[str, Any]):
 def open_checkpoint(path: str | os.PathLike[str], *, container: str | None = None, trust: bool = False,
                     check: bool | None = None, limits: Limits | None = None) -> Checkpoint:
     """Open any supported checkpoint: torch zip or legacy (.pt/.pth/.bin/...), pickle (.pkl),
-    safetensors, or a sharded folder / ``*.index.json``.
+    safetensors, a sharded folder / ``*.index.json``, or a torch.distributed.checkpoint folder (``.metadata``).
 
     Args:
         path: the file, or a folder holding one checkpoint or a sharded index.
@@ -130,6 +130,10 @@ def open_checkpoint(path: str | os.PathLike[str], *, container: str | None = Non
     check = CHECK_CRC.get() if check is None else check
     kind = detect_format(path, limits=limits)
     with paused_gc():
+        if kind == "dcp":
+            from .dcp import open_dcp
+
+            return open_dcp(path, container, limits)
         if kind == "sharded":
             return _open_sharded(path, container, trust, check, limits)
         if kind == "safetensors":
@@ -151,8 +155,11 @@ def verify_checkpoint(path: str | os.PathLike[str], **options: Any) -> int:
 
 
 def detect_format(path: str, *, limits: Limits | None = None) -> str:
-    """'torch-zip', 'torch-legacy', 'pickle', 'safetensors' or 'sharded', from the bytes, not the name."""
+    """'torch-zip', 'torch-legacy', 'pickle', 'safetensors', 'sharded' or 'dcp' (a torch.distributed.checkpoint
+    folder), from the bytes, not the name."""
     mode = _file_mode(path)
+    if stat.S_ISDIR(mode) and os.path.isfile(os.path.join(path, ".metadata")):
+        return "dcp"
     if stat.S_ISDIR(mode) or path.endswith(".index.json"):
         return "sharded"
     with open(path, "rb") as handle:
@@ -306,7 +313,7 @@ def _open_sharded(path: str, container: str | None, trust: bool, check: bool, li
 def _open_file(path: str, container: str | None, trust: bool, check: bool, limits: Limits) -> Checkpoint:
     """A shard or the one checkpoint of a folder: a file, never a folder or index again (no recursion)."""
     kind = detect_format(path, limits=limits)
-    if kind == "sharded":
+    if kind in ("sharded", "dcp"):
         raise CheckpointFormatError(f"{path}: a folder or index where a checkpoint file was expected")
     if kind == "safetensors":
         return _open_safetensors(path, container, limits)

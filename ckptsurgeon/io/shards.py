@@ -56,7 +56,8 @@ def shard_path(index_path: str, shard: object) -> str:
 
 
 def checkpoint_files(path: str | os.PathLike[str]) -> list[str]:
-    """Every file a checkpoint consists of: the file itself, or a folder's index and shards (or its one file).
+    """Every file a checkpoint consists of: the file itself, a folder's index and shards (or its one file), or a
+    DCP folder's ``.metadata`` and ``.distcp`` files.
 
     Reads only the index; used to refuse outputs that would overwrite any of them.
     """
@@ -65,6 +66,10 @@ def checkpoint_files(path: str | os.PathLike[str]) -> list[str]:
     path = os.fspath(path)
     if not os.path.isdir(path) and not path.endswith(".index.json"):
         return [path]
+    from .dcp import dcp_files, is_dcp_folder
+
+    if is_dcp_folder(path):
+        return dcp_files(path)
     index_path = _find_index(path)
     if index_path is None:
         return [_single_file_in(path)]
