@@ -79,6 +79,18 @@ def test_the_writer_counts_each_tensor_as_it_is_written(tmp_path: Path, terminal
     assert "quiet" not in terminal.getvalue()
 
 
+def test_a_failed_write_does_not_count_its_last_tensor(terminal: FakeTerminal) -> None:
+    from ckptsurgeon.io.progress import TensorProgress
+
+    with showing_progress():
+        tracker = TensorProgress({"a": 2**20, "b": 2**20, "c": 2**20}, "writing x")
+        for name in ("a", "b", "c"):
+            tracker.begin(name)
+        tracker.close(completed=False)
+    assert tracker.bar.done == 2 * 2**20
+    assert "2.0 MiB/3.0 MiB" in terminal.getvalue()
+
+
 def test_the_cli_shows_a_bar_on_a_terminal_but_not_with_json_or_quiet(tmp_path: Path,
                                                                      terminal: FakeTerminal) -> None:
     source = tmp_path / "in.safetensors"

@@ -101,8 +101,10 @@ class TensorProgress:
         self._finish_pending()
         self.pending = name
 
-    def close(self) -> None:
-        self._finish_pending()
+    def close(self, *, completed: bool = True) -> None:
+        """End the bar; the last tensor begun counts as written only when the write ``completed``."""
+        if completed:
+            self._finish_pending()
         self.bar.close()
 
     def _finish_pending(self) -> None:

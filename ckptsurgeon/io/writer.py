@@ -297,8 +297,10 @@ def write_streamed(path: str, specs: list[TensorSpec], produce: Mapping[str, Cal
 
     try:
         _write_format(chosen, path, specs, produce, metadata, tracked, max_shard_size, force)
-    finally:
-        progress.close()
+    except BaseException:
+        progress.close(completed=False)
+        raise
+    progress.close()
     return path
 
 
