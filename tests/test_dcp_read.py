@@ -312,3 +312,19 @@ def test_reading_needs_no_torch_distributed_checkpoint(chunked: tuple[Path, dict
     done = subprocess.run([sys.executable, "-c", code, str(chunked[0])], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[] False"
+
+
+def test_metadata_whose_chunks_do_not_fit_is_refused(folder: Path, tmp_path: Path) -> None:
+    copy = _copy(folder, tmp_path)
+    with open(copy / ".metadata", "rb") as handle:
+        metadata = pickle.load(handle)   # our own test file: torch's classes, trusted here
+    entry = metadata.state_dict_metadata["model.fc.weight"]
+    entry.size = torch.Size([50, 4])   # one 5x4 chunk for a 50x4 tensor: a rank's chunks missing
+    (copy / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointFormatError, match=r"chunks of 'model.fc.weight' do not cover its size"):
+        open_checkpoint(copy)
+    entry.size = torch.Size([5000, 4])
+    entry.chunks[0].sizes = torch.Size([5000, 4])   # covered, but its storage is far too small for it
+    (copy / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointFormatError, match=r"is float32 \[5000, 4\] but its storage holds \d+ bytes"):
+        open_checkpoint(copy)
