@@ -83,10 +83,11 @@ def render_containers(inspection: Inspection) -> str:
     info = inspection.info
     if info is None or not info.containers:
         return f"{inspection.source}: one flat state dict ({inspection.total_tensors} tensors), no containers"
-    lines = [f"{'container':<24} {'kind':<10} {'tensors':>8}"]
+    width = max([24] + [len(c.path or "<root>") for c in info.containers])
+    lines = [f"{'container':<{width}} {'kind':<10} {'tensors':>8}"]
     for c in info.containers:
         mark = "  <- used" if c.chosen else ""
-        lines.append(f"{(c.path or '<root>'):<24} {c.kind:<10} {c.tensors:>8}{mark}")
+        lines.append(f"{(c.path or '<root>'):<{width}} {c.kind:<10} {c.tensors:>8}{mark}")
     return "\n".join(lines + [info.container_reason])
 
 
