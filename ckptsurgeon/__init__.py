@@ -42,6 +42,8 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
         read_specs as read_specs,
         verify_checkpoint as verify_checkpoint,
     )
+    from .io.dcp_writer import write_dcp_folder as write_dcp_folder
+    from .io.sharded_writer import write_sharded_safetensors as write_sharded_safetensors
     from .io.writer import write_state_dict as write_state_dict
     from .match import make_plan as make_plan
     from .model.batchnorm import apply_batchnorm_policy as apply_batchnorm_policy
@@ -98,7 +100,8 @@ if TYPE_CHECKING:   # type checkers see the real names; at run time they load on
 _PUBLIC = {
     "open_checkpoint": "io", "read_specs": "io", "Checkpoint": "io", "CheckpointInfo": "io",
     "verify_checkpoint": "io", "checking": "io", "Limits": "io",
-    "write_state_dict": "io.writer",
+    "write_state_dict": "io.writer", "write_dcp_folder": "io.dcp_writer",
+    "write_sharded_safetensors": "io.sharded_writer",
     "inspect_checkpoint": "inspect", "Inspection": "inspect",
     "diff_checkpoints": "diff", "convert_checkpoint": "convert",
     "make_plan": "match", "Plan": "plan", "Step": "plan", "Unused": "plan", "Ambiguity": "plan",
