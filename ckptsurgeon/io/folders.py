@@ -21,7 +21,7 @@ import uuid
 from typing import Callable, Iterable, Iterator
 
 from ..errors import OutputError
-from .writer import process_running, same_path
+from .writer import check_parent_folder, process_running, same_path
 
 _MARK = ".ckptsurgeon-"
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.ckptsurgeon-(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{12}$")
@@ -56,11 +56,7 @@ def check_output_folder(path: str | os.PathLike[str], *, inputs: Iterable[str | 
         raise OutputError(f"{path}: is a symbolic link; name the folder itself or choose another name")
     if os.path.isdir(path) and not force and _non_empty(path):
         raise OutputError(f"{path}: already exists and is not empty; pass --force (force=True) to replace it")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise OutputError(f"{path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: the folder {parent} is not writable")
+    check_parent_folder(path)
     return path
 
 

@@ -54,12 +54,17 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: Iterable[str | os
         raise OutputError(f"{path}: already exists; pass --force (force=True) to replace it")
     if os.path.lexists(path) and not os.path.isfile(path):
         raise OutputError(f"{path}: exists and is not a regular file; choose another name")
+    check_parent_folder(path)
+    return path
+
+
+def check_parent_folder(path: str) -> None:
+    """The folder an output goes into exists and can be written to."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(f"{path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the folder {folder} is not writable")
-    return path
 
 
 @contextlib.contextmanager
