@@ -12,6 +12,7 @@ are listed in ``info.containers`` with kind ``bytes``. Nothing here imports or i
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 import zipfile
@@ -169,17 +170,19 @@ def read_chunk(folder: str, entry: TensorEntry, chunk: Chunk, limits: Limits,
     path = os.path.join(folder, place.file)
     if _is_safetensors(path):
         return _safetensors_chunk(path, entry, chunk, limits, {} if headers is None else headers)
-    data = bytearray(place.length)
     try:
         with open(path, "rb") as handle:
-            handle.seek(place.offset)
-            got = handle.readinto(data)
+            size = os.fstat(handle.fileno()).st_size
+            if size < place.offset + place.length:
+                raise CheckpointFormatError(f"{path}: '{entry.fqn}' lies at bytes {place.offset}.."
+                                            f"{place.offset + place.length} but the file ends at {size}; the file is "
+                                            f"truncated")
+            # copy-on-write map: the tensor views the page cache, nothing is copied unless it is written to
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     except FileNotFoundError:
         raise CheckpointFormatError(f"{path}: storage file missing (named by {METADATA_NAME} for "
                                     f"'{entry.fqn}')") from None
-    if got != place.length:
-        raise CheckpointFormatError(f"{path}: '{entry.fqn}' lies at bytes {place.offset}..{place.offset + place.length}"
-                                    f" but the file ends at {place.offset + got}; the file is truncated")
+    data = memoryview(mapped)[place.offset:place.offset + place.length]
     where = f"{path}[{place.offset}:{place.offset + place.length}]"
     ref, records = _parse_chunk(data, where, limits)
     if ref.shape != chunk.sizes or ref.dtype != entry.dtype:
@@ -217,22 +220,22 @@ def _safetensors_chunk(path: str, entry: TensorEntry, chunk: Chunk, limits: Limi
 class _ChunkRecords:
     """The records of one in-memory torch zip."""
 
-    def __init__(self, where: str, data: bytearray, spans: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, where: str, data: memoryview, spans: dict[str, tuple[int, int]]) -> None:
         self.path, self._data, self._spans = where, data, spans
 
     def buffer(self, key: str) -> memoryview:
         start, length = self._spans[key]
-        return memoryview(self._data)[start:start + length]
+        return self._data[start:start + length]
 
     def close(self) -> None:
         """The bytes go with the last tensor viewing them."""
 
 
-def _parse_chunk(data: bytearray, where: str, limits: Limits) -> tuple[TensorRef, _ChunkRecords]:
+def _parse_chunk(data: memoryview, where: str, limits: Limits) -> tuple[TensorRef, _ChunkRecords]:
     from .torchfile import _load
 
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(_ViewFile(data))
         spans = {info.filename: _data_span(data, info, where) for info in archive.infolist()}
     except (zipfile.BadZipFile, ValueError, struct.error, OSError) as exc:
         raise CheckpointFormatError(f"{where}: not a torch-saved tensor ({exc}); the file is truncated or damaged "
@@ -246,8 +249,9 @@ def _parse_chunk(data: bytearray, where: str, limits: Limits) -> tuple[TensorRef
     for key, (_, length) in records.items():
         sizes.put(key, length)
     start, length = spans[pickled]
-    check_pickle(data, start, where, end=start + length)
-    unpickler = SafeUnpickler(io.BytesIO(data[start:start + length]), storage_key=lambda pid: str(pid[2]),
+    pickled_bytes = bytes(data[start:start + length])   # small: names and shapes
+    check_pickle(pickled_bytes, 0, where)
+    unpickler = SafeUnpickler(io.BytesIO(pickled_bytes), storage_key=lambda pid: str(pid[2]),
                               record_sizes=sizes, budget=Budget(where, limits))
     ref = _load(unpickler, where)
     if not isinstance(ref, TensorRef) or unpickler.stubbed:
@@ -255,7 +259,34 @@ def _parse_chunk(data: bytearray, where: str, limits: Limits) -> tuple[TensorRef
     return ref, _ChunkRecords(where, data, records)
 
 
-def _data_span(data: bytearray, info: zipfile.ZipInfo, where: str) -> tuple[int, int]:
+class _ViewFile(io.RawIOBase):
+    """A read-only file over a memoryview, for zipfile to find the records without copying the bytes."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data, self._at = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._data)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        part = self._data[self._at:self._at + len(buffer)]
+        memoryview(buffer)[:len(part)] = part
+        self._at += len(part)
+        return len(part)
+
+
+def _data_span(data: memoryview, info: zipfile.ZipInfo, where: str) -> tuple[int, int]:
     if info.compress_type != zipfile.ZIP_STORED:
         raise CheckpointFormatError(f"{where}: record {info.filename} is compressed; torch writes records "
                                     f"uncompressed; damaged")
