@@ -177,12 +177,11 @@ def read_chunk(folder: str, entry: TensorEntry, chunk: Chunk, limits: Limits,
                 raise CheckpointFormatError(f"{path}: '{entry.fqn}' lies at bytes {place.offset}.."
                                             f"{place.offset + place.length} but the file ends at {size}; the file is "
                                             f"truncated")
-            # copy-on-write map: the tensor views the page cache, nothing is copied unless it is written to
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            mapped, skip = _map_range(handle.fileno(), place.offset, place.length)
     except FileNotFoundError:
         raise CheckpointFormatError(f"{path}: storage file missing (named by {METADATA_NAME} for "
                                     f"'{entry.fqn}')") from None
-    data = memoryview(mapped)[place.offset:place.offset + place.length]
+    data = memoryview(mapped)[skip:skip + place.length]
     where = f"{path}[{place.offset}:{place.offset + place.length}]"
     ref, records = _parse_chunk(data, where, limits)
     if ref.shape != chunk.sizes or ref.dtype != entry.dtype:
@@ -190,6 +189,17 @@ def read_chunk(folder: str, entry: TensorEntry, chunk: Chunk, limits: Limits,
                                     f"{list(ref.shape)}, but the metadata says {entry.dtype} {list(chunk.sizes)}; "
                                     f"damaged")
     return materialize(ref, records)
+
+
+def _map_range(fd: int, offset: int, length: int) -> tuple[mmap.mmap, int]:
+    """A copy-on-write map of just these bytes (from the page boundary before them), its pages faulted in at
+    once where the platform can: the tensor views the page cache, nothing is copied unless written to."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+    if length + offset - start == 0:
+        return mmap.mmap(-1, 1), 0   # an empty item: nothing to map
+    mapped = mmap.mmap(fd, length + offset - start, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+    return mapped, offset - start
 
 
 def _is_safetensors(path: str) -> bool:
