@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
-from typing import Iterator
+from typing import Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -21,3 +24,13 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def setting(variable: contextvars.ContextVar[T], value: T) -> Iterator[None]:
+    """``variable`` holds ``value`` within this block (a CLI option such as --check or the progress bar)."""
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from ..runtime import setting
+
 # Whether long reads/writes show a progress bar (the CLI turns it on; see showing_progress()).
 SHOW_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("ckptsurgeon_progress", default=False)
 DELAY = 1.0   # seconds of work before a bar appears
@@ -26,11 +28,8 @@ _clock: Clock = time.monotonic   # tests replace it with a fake clock
 @contextlib.contextmanager
 def showing_progress(enabled: bool = True) -> Iterator[None]:
     """Within this block, long reads and writes of tensor data show a bar on stderr (when it is a terminal)."""
-    token = SHOW_PROGRESS.set(enabled)
-    try:
+    with setting(SHOW_PROGRESS, enabled):
         yield
-    finally:
-        SHOW_PROGRESS.reset(token)
 
 
 class ByteProgress:

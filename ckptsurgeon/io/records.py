@@ -10,6 +10,7 @@ import zlib
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from ..errors import CheckpointFormatError
+from ..runtime import setting
 
 COPY_CHUNK = 64 * 1024 * 1024
 CHECK_CHUNK = 4 * 1024 * 1024
@@ -21,11 +22,8 @@ CHECK_CRC: contextvars.ContextVar[bool] = contextvars.ContextVar("ckptsurgeon_ch
 @contextlib.contextmanager
 def checking(enabled: bool = True) -> Iterator[None]:
     """Within this block, checkpoints opened without an explicit ``check=`` verify their CRC-32s."""
-    token = CHECK_CRC.set(enabled)
-    try:
+    with setting(CHECK_CRC, enabled):
         yield
-    finally:
-        CHECK_CRC.reset(token)
 
 
 class FileSpan(NamedTuple):
